@@ -1,0 +1,7 @@
+"""vse_style_shared: what the Blender add-on and the engine both import.
+
+Pure Python (no torch, no bpy). Installed from the repository's ``shared/`` folder under the
+distinctive import name ``vse_style_shared``.
+"""
+
+PROTOCOL_VERSION = 1

@@ -1,0 +1,29 @@
+"""Shared test fixtures.
+
+Real material lives in ``../shared/data`` beside the project (never copied into it). Tests that
+need it skip with a reason on a user's fresh clone, and fail when REQUIRE_SHARED_DATA=1 (CI).
+"""
+import os
+from pathlib import Path
+
+import pytest
+
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
+SHARED_DATA = PROJECT_ROOT.parent / "shared" / "data"
+
+
+def shared_path(*parts: str) -> Path:
+    """Path of a file in ../shared/data; skip (or fail under REQUIRE_SHARED_DATA=1) if missing."""
+    path = SHARED_DATA.joinpath(*parts)
+    if not path.exists():
+        message = f"needs shared test data {path} (../shared/data beside the project)"
+        if os.environ.get("REQUIRE_SHARED_DATA") == "1":
+            pytest.fail(message + " but REQUIRE_SHARED_DATA=1")
+        pytest.skip(message)
+    return path
+
+
+@pytest.fixture
+def shared_data():
+    """Call as shared_data('flow', 'rubberwhale', 'RubberWhale.flo')."""
+    return shared_path
