@@ -1,0 +1,184 @@
+"""Frames in and out: videos, folders, globs and arrays become RGB uint8 frames at processing size.
+
+Outputs are written atomically (temporary name, then rename), so a killed run never leaves a
+half-written frame that a resumed run would trust.
+"""
+from __future__ import annotations
+
+import glob
+import os
+import re
+from pathlib import Path
+from typing import Sequence, Union
+
+import cv2
+import numpy as np
+
+from .errors import InputError
+
+IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".ppm", ".pgm", ".webp", ".exr"}
+MIN_SIDE = 16  # VGG19 pools four times before relu5_1
+
+FrameLike = Union[str, os.PathLike, np.ndarray]
+
+
+def natural_key(path: str) -> list:
+    """Name order in which frame_2 comes before frame_10."""
+    return [int(part) if part.isdigit() else part.lower() for part in re.split(r"(\d+)", os.path.basename(path))]
+
+
+def processing_size(width: int, height: int, target_width: int | None) -> tuple[int, int]:
+    """(w, h) to process at: the frame's own size, or target_width with the aspect ratio kept."""
+    if target_width is None:
+        size = (width, height)
+    else:
+        size = (int(target_width), max(1, int(round(height * target_width / width))))
+    if min(size) < MIN_SIDE:
+        raise InputError(f"processing size {size[0]}x{size[1]} is too small (each side needs at least {MIN_SIDE} px)")
+    return size
+
+
+def resize(rgb: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    if (rgb.shape[1], rgb.shape[0]) == size:
+        return rgb
+    shrinking = size[0] < rgb.shape[1]
+    return cv2.resize(rgb, size, interpolation=cv2.INTER_AREA if shrinking else cv2.INTER_CUBIC)
+
+
+def to_rgb8(image: np.ndarray, name: str) -> np.ndarray:
+    """Any HxW / HxWx{1,3,4} uint8/uint16/float array -> HxWx3 uint8 RGB."""
+    img = np.asarray(image)
+    if img.ndim == 2:
+        img = img[..., None]
+    if img.ndim != 3 or img.shape[2] not in (1, 3, 4):
+        raise InputError(f"{name}: expected an HxW or HxWx3 image, got shape {img.shape}")
+    if img.dtype == np.uint16:
+        img = (img / 257.0).round()
+    elif img.dtype.kind == "f":
+        img = np.clip(img, 0.0, 1.0) * 255.0 if img.max(initial=0) <= 1.0 else np.clip(img, 0, 255)
+    img = img.astype(np.uint8)
+    if img.shape[2] == 1:
+        img = np.repeat(img, 3, axis=2)
+    return np.ascontiguousarray(img[..., :3])
+
+
+def read_image(path: str | os.PathLike, what: str = "image") -> np.ndarray:
+    """Read an image file as HxWx3 uint8 RGB, or raise InputError naming it."""
+    path = str(path)
+    if not os.path.isfile(path):
+        raise InputError(f"{what} {path}: no such file")
+    bgr = cv2.imread(path, cv2.IMREAD_COLOR)
+    if bgr is None:
+        raise InputError(f"{what} {path}: not a readable image")
+    return cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
+
+
+class FrameSource(Sequence):
+    """Frames at processing size, in order; image files are read when asked for."""
+
+    def __init__(self, items: list, size: tuple[int, int], names: list[str]):
+        self._items = items  # numpy frames or file paths
+        self.size = size
+        self.names = names
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+    def __getitem__(self, index: int) -> np.ndarray:
+        item = self._items[index]
+        frame = read_image(item, "frame") if isinstance(item, str) else item
+        return resize(frame, self.size)
+
+
+def _video_frames(path: str, width: int | None) -> FrameSource:
+    capture = cv2.VideoCapture(path)
+    if not capture.isOpened():
+        raise InputError(f"INPUT {path}: not a readable video")
+    frames, size = [], None
+    try:
+        while True:
+            ok, bgr = capture.read()
+            if not ok:
+                break
+            if size is None:
+                size = processing_size(bgr.shape[1], bgr.shape[0], width)
+            # Whole clips are held in memory at processing size: shots are short, random access is needed.
+            frames.append(resize(cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB), size))
+    finally:
+        capture.release()
+    if not frames:
+        raise InputError(f"INPUT {path}: no frames could be decoded")
+    return FrameSource(frames, size, [f"{path}#{i + 1}" for i in range(len(frames))])
+
+
+def _image_files(paths: list[str], width: int | None, label: str) -> FrameSource:
+    if not paths:
+        raise InputError(f"INPUT {label}: zero frames (no image files found)")
+    first = read_image(paths[0], "frame")
+    size = processing_size(first.shape[1], first.shape[0], width)
+    return FrameSource(list(paths), size, list(paths))
+
+
+def open_frames(source: str | os.PathLike | Sequence[FrameLike], width: int | None = None) -> FrameSource:
+    """A video file, a folder of images (name order), a glob, or a list of paths / arrays."""
+    if isinstance(source, (str, os.PathLike)):
+        text = str(source)
+        if os.path.isdir(text):
+            files = [os.path.join(text, n) for n in os.listdir(text) if Path(n).suffix.lower() in IMAGE_SUFFIXES]
+            return _image_files(sorted(files, key=natural_key), width, text)
+        if os.path.isfile(text):
+            if Path(text).suffix.lower() in IMAGE_SUFFIXES:
+                return _image_files([text], width, text)
+            return _video_frames(text, width)
+        if glob.has_magic(text):
+            files = [p for p in glob.glob(text) if os.path.isfile(p)]
+            return _image_files(sorted(files, key=natural_key), width, text)
+        raise InputError(f"INPUT {text}: no such file or directory")
+    items = list(source)
+    if not items:
+        raise InputError("frames: zero frames given")
+    if all(isinstance(item, (str, os.PathLike)) for item in items):
+        return _image_files([str(item) for item in items], width, "frames")
+    arrays = [to_rgb8(item, f"frame {i + 1}") if isinstance(item, np.ndarray) else read_image(item, "frame")
+              for i, item in enumerate(items)]
+    size = processing_size(arrays[0].shape[1], arrays[0].shape[0], width)
+    return FrameSource(arrays, size, [f"frame {i + 1}" for i in range(len(arrays))])
+
+
+def frame_filename(index: int) -> str:
+    """1-based output name: frame_000001.png."""
+    return f"frame_{index:06d}.png"
+
+
+def write_frame(out_dir: str | os.PathLike, index: int, rgb: np.ndarray) -> Path:
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    final = out_dir / frame_filename(index)
+    partial = out_dir / (final.stem + ".partial.png")
+    if not cv2.imwrite(str(partial), cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR)):
+        raise OSError(f"could not write {partial}")
+    os.replace(partial, final)
+    return final
+
+
+def finished_frames(out_dir: str | os.PathLike, count: int) -> int:
+    """How many frames 1..k already exist, contiguously, in ``out_dir`` (for resuming)."""
+    done = 0
+    while done < count and (Path(out_dir) / frame_filename(done + 1)).is_file():
+        done += 1
+    return done
+
+
+def write_video(frames: Sequence[np.ndarray], path: str | os.PathLike, fps: float = 24.0) -> Path:
+    """Write RGB frames as an mp4 (MPEG-4 Part 2, which OpenCV's bundled FFmpeg always has)."""
+    path = Path(path)
+    h, w = frames[0].shape[:2]
+    writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"mp4v"), fps, (w, h))
+    if not writer.isOpened():
+        raise OSError(f"could not open {path} for writing")
+    try:
+        for frame in frames:
+            writer.write(cv2.cvtColor(frame, cv2.COLOR_RGB2BGR))
+    finally:
+        writer.release()
+    return path

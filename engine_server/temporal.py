@@ -1,0 +1,57 @@
+"""Temporal constraints: flow -> masks -> warped earlier outputs for one frame.
+
+For a pair (earlier frame e, current frame t) the backward flow t -> e warps e's output onto t; its
+certainty comes from checking it against the forward flow e -> t (reference makeOptFlow.sh:
+reliable_t_e = check(backward_t_e, forward_e_t)).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from .consistency import certainty
+from .losses import closest_first
+from .warp import flow_to_tensor, warp
+
+
+@dataclass
+class PairFlow:
+    """Flows between two frames a and b, and the certainty of warping each onto the other."""
+
+    a_to_b: np.ndarray          # forward flow, warps b's image onto a
+    b_to_a: np.ndarray          # backward flow, warps a's image onto b
+    certainty_on_a: np.ndarray  # HxW in [0, 1]: check(a_to_b, b_to_a)
+    certainty_on_b: np.ndarray  # HxW in [0, 1]: check(b_to_a, a_to_b)
+
+
+def pair_flow(estimator, frame_a: np.ndarray, frame_b: np.ndarray) -> PairFlow:
+    forward, backward = estimator.pair(frame_a, frame_b)
+    return PairFlow(forward, backward, certainty(forward, backward), certainty(backward, forward))
+
+
+def mask_tensor(mask: np.ndarray, device) -> torch.Tensor:
+    return torch.from_numpy(np.ascontiguousarray(mask, dtype=np.float32))[None, None].to(device)
+
+
+def warped_onto(earlier_output: torch.Tensor, flow_to_earlier: np.ndarray) -> torch.Tensor:
+    """Earlier output (1, 3, H, W) brought onto the current frame by the flow current -> earlier."""
+    return warp(earlier_output, flow_to_tensor(flow_to_earlier, earlier_output.device))
+
+
+def constraints(
+    pairs: list[tuple[PairFlow, torch.Tensor]], device
+) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """[(warped earlier output, combined certainty)] for pairs (earlier -> current) closest first.
+
+    Each PairFlow has a = earlier frame, b = current frame.
+    """
+    warped = [warped_onto(output, pair.b_to_a) for pair, output in pairs]
+    masks = closest_first([mask_tensor(pair.certainty_on_b, device) for pair, _ in pairs])
+    return list(zip(warped, masks))
+
+
+def initialization(content: torch.Tensor, warped_previous: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """The previous output warped, with disoccluded / unreliable pixels taken from the content frame."""
+    return mask * warped_previous + (1.0 - mask) * content

@@ -1,0 +1,98 @@
+"""The Python API on tiny synthetic clips: order, progress, cancel, resume, modes."""
+import numpy as np
+import pytest
+
+from engine_server import Cancelled, InputError, StylizeOptions, Stylizer, stylize
+
+
+def moving_clip(n=3, w=40, h=32):
+    """A textured pattern translating 1 px per frame to the right."""
+    rng = np.random.default_rng(5)
+    base = rng.integers(0, 255, (h, w + n, 3)).astype(np.uint8)
+    base = np.asarray(np.clip(base.astype(float) * 0.5 + 64, 0, 255), np.uint8)
+    return [np.ascontiguousarray(base[:, n - t: n - t + w]) for t in range(n)]
+
+
+def style_image():
+    img = np.zeros((32, 32, 3), np.uint8)
+    img[::4] = (250, 180, 20)
+    img[:, ::6] = (20, 60, 200)
+    return img
+
+
+FAST = dict(iterations=3, first_iterations=4, device="cpu")
+
+
+def test_yields_every_frame_in_order_with_progress():
+    events = []
+    results = list(stylize(moving_clip(3), [style_image()], progress=events.append, **FAST))
+    assert [r.index for r in results] == [1, 2, 3]
+    assert all(r.image.shape == (32, 40, 3) and r.image.dtype == np.uint8 for r in results)
+    assert [r.iterations for r in results] == [4, 3, 3]
+    assert all(r.losses["temporal"] > 0 for r in results[1:]) and results[0].losses["temporal"] == 0
+    stages = {e.stage for e in events}
+    assert {"setup", "flow", "optimize", "done"} <= stages
+    optimizing = [e for e in events if e.stage == "optimize"]
+    assert len(optimizing) == 10 and all(e.eta is not None and e.loss > 0 for e in optimizing)
+    assert optimizing[-1].eta == pytest.approx(0.0)
+
+
+def test_per_frame_mode_has_no_temporal_term():
+    results = list(stylize(moving_clip(2), [style_image()], mode="per-frame", **FAST))
+    assert [r.iterations for r in results] == [4, 4]
+    assert all(r.losses["temporal"] == 0 for r in results)
+
+
+def test_multipass_yields_frames_after_the_last_pass():
+    events = []
+    results = list(stylize(moving_clip(3), [style_image()], mode="multipass", passes=3,
+                           progress=events.append, iterations=2, device="cpu"))
+    assert sorted(r.index for r in results) == [1, 2, 3]
+    assert [r.index for r in results] == [1, 2, 3]  # odd number of passes ends going forward
+    assert all(r.iterations == 6 for r in results)
+    passes = {e.pass_index for e in events if e.stage == "optimize"}
+    assert passes == {1, 2, 3}
+    # the temporal loss joins from the middle pass: present in the last pass for frames with a neighbour
+    assert results[1].losses["temporal"] > 0
+
+
+def test_cancel_keeps_finished_frames():
+    finished = []
+    stop = lambda: len(finished) >= 1
+    with pytest.raises(Cancelled):
+        for result in stylize(moving_clip(3), [style_image()], cancel=stop, **FAST):
+            finished.append(result)
+    assert [r.index for r in finished] == [1]
+
+
+def test_resume_continues_from_finished_frames():
+    clip = moving_clip(3)
+    full = list(stylize(clip, [style_image()], **FAST))
+    stylizer = Stylizer([style_image()], StylizeOptions(**FAST))
+    resumed = list(stylizer.run(clip, done={1: full[0].image}))
+    assert [r.index for r in resumed] == [2, 3]
+    # frame 2 starts from frame 1's 8-bit image instead of its float original: nearly the same result
+    assert np.abs(resumed[0].image.astype(int) - full[1].image.astype(int)).mean() < 2.0
+
+
+def test_two_styles_with_per_frame_weights():
+    weights = np.array([[1.0, 0.0], [0.0, 1.0]])
+    results = list(stylize(moving_clip(2), [style_image(), 255 - style_image()], weights, **FAST))
+    assert len(results) == 2
+    with pytest.raises(InputError, match="shape"):
+        list(stylize(moving_clip(2), [style_image()], np.ones((3, 1)), **FAST))
+
+
+def test_preserve_colors_keeps_content_chrominance():
+    clip = moving_clip(1)
+    out = next(iter(stylize(clip, [style_image()], preserve_colors=True, **FAST))).image
+    from engine_server.color import _RGB_TO_YIQ
+    chroma = lambda img: (np.asarray(img, float) @ _RGB_TO_YIQ.T)[..., 1:]
+    assert np.abs(chroma(out) - chroma(clip[0])).mean() < 3.0
+
+
+def test_bad_options_are_input_errors():
+    with pytest.raises(InputError, match="--mode"):
+        Stylizer([style_image()], StylizeOptions(mode="sideways"))
+    with pytest.raises(InputError, match="--style"):
+        Stylizer([], StylizeOptions())

