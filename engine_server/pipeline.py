@@ -107,10 +107,13 @@ class FrameResult:
 
 def resolve_device(name: str) -> torch.device:
     if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        name = "cuda" if torch.cuda.is_available() else "cpu"
     if name.startswith("cuda") and not torch.cuda.is_available():
         raise InputError(f"--device {name}: CUDA is not available on this machine (use --device cpu)")
-    return torch.device(name)
+    device = torch.device(name)
+    if device.type == "cuda":
+        torch.backends.cudnn.benchmark = True  # one frame size per clip: let cuDNN pick its fastest kernels
+    return device
 
 
 def load_styles(styles: Sequence[FrameLike]) -> list[np.ndarray]:
@@ -258,10 +261,19 @@ class _Run:
 
     # -- single pass: per-frame and temporal -----------------------------------------------------
     def single_pass(self) -> Iterator[FrameResult]:
-        device = self.s.device
         temporal_mode = self.opts.mode == "temporal"
+        flows = temporal.FlowAhead(self.s.flow, self.source, self.opts.long_term,
+                                   background=self.s.device.type == "cuda") if temporal_mode else None
+        try:
+            yield from self._single_pass(flows)
+        finally:
+            if flows is not None:
+                flows.close()
+
+    def _single_pass(self, flows: temporal.FlowAhead | None) -> Iterator[FrameResult]:
+        device = self.s.device
         outputs: dict[int, torch.Tensor] = {}  # optimization-space results still needed as targets
-        keep = max(self.opts.long_term) if temporal_mode else 0
+        keep = max(self.opts.long_term) if flows is not None else 0
         todo = [i for i in range(self.count) if i + 1 not in self.done]
         total_work = sum(self._iterations_for(i) for i in todo)
         for index in range(self.count):
@@ -274,14 +286,12 @@ class _Run:
             started = time.perf_counter()
             rgb = self.source[index]
             content = image_tensor(self.content_space(rgb), device)
-            earlier = [j for j in sorted(self.opts.long_term) if index - j in outputs] if temporal_mode else []
             constraints, init = [], None
-            if earlier:
+            if flows is not None and index > 0:
                 self._emit(Progress("flow", index + 1, self.count))
-                pairs = [(temporal.pair_flow(self.s.flow, self.source[index - j], rgb), outputs[index - j])
-                         for j in earlier]
-                constraints = temporal.constraints(pairs, device)
-                if earlier[0] == 1:
+                earlier = flows.pairs(index)
+                constraints = temporal.constraints([(pair, outputs[index - j]) for j, pair in earlier], device)
+                if earlier[0][0] == 1:
                     warped_prev, mask = constraints[0]
                     init = temporal.initialization(content, warped_prev, mask)
             if init is None:

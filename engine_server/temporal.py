@@ -6,6 +6,7 @@ reliable_t_e = check(backward_t_e, forward_e_t)).
 """
 from __future__ import annotations
 
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 
 import numpy as np
@@ -55,3 +56,36 @@ def constraints(
 def initialization(content: torch.Tensor, warped_previous: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     """The previous output warped, with disoccluded / unreliable pixels taken from the content frame."""
     return mask * warped_previous + (1.0 - mask) * content
+
+
+class FlowAhead:
+    """The flows and masks of frame t's pairs (t - j, t), j in ``distances``.
+
+    With ``background`` (on CUDA, where the CPU is otherwise idle while the GPU optimizes) the next
+    frame's pairs are computed on a worker thread during this frame's optimization; OpenCV releases
+    the GIL. On a CPU-only machine that would only compete with torch for the same cores.
+    """
+
+    def __init__(self, estimator, source, distances, background: bool):
+        self.estimator = estimator
+        self.source = source
+        self.distances = sorted(distances)
+        self.pool = ThreadPoolExecutor(1, thread_name_prefix="flow-ahead") if background else None
+        self.pending: dict[int, Future] = {}
+
+    def _compute(self, index: int) -> list[tuple[int, PairFlow]]:
+        current = self.source[index]
+        return [(j, pair_flow(self.estimator, self.source[index - j], current))
+                for j in self.distances if index - j >= 0]
+
+    def pairs(self, index: int) -> list[tuple[int, PairFlow]]:
+        """[(distance j, PairFlow with a = frame t - j, b = frame t)], closest first."""
+        future = self.pending.pop(index, None)
+        result = future.result() if future is not None else self._compute(index)
+        if self.pool is not None and index + 1 < len(self.source):
+            self.pending[index + 1] = self.pool.submit(self._compute, index + 1)
+        return result
+
+    def close(self) -> None:
+        if self.pool is not None:
+            self.pool.shutdown(wait=True, cancel_futures=True)
