@@ -1,4 +1,4 @@
-"""Command line: ``python -m engine_server stylize|consistency ...``.
+"""Command line: ``python -m engine_server stylize|consistency|serve|submit|keygen ...``.
 
 Exit codes: 0 success, 2 bad input (one line on stderr naming the argument or file), 130 interrupted
 (frames finished so far are kept, and ``--resume`` continues after them).
@@ -46,6 +46,46 @@ def _distances(text: str) -> tuple[int, ...]:
     return values
 
 
+def add_stylize_options(parser: argparse.ArgumentParser) -> None:
+    """INPUT, --style, --out and the engine options: shared by ``stylize`` and ``submit``."""
+    parser.add_argument("input", metavar="INPUT", help="video file, directory of images (name order) or glob")
+    parser.add_argument("--style", action="append", required=True, metavar="IMAGE",
+                        help="style image (repeatable)")
+    parser.add_argument("--out", required=True, metavar="DIR", help="output directory")
+    parser.add_argument("--width", type=_positive_int, metavar="PX",
+                        help="processing width (default: frame width)")
+    parser.add_argument("--iterations", type=_positive_int, metavar="N",
+                        help="iterations per later frame (multipass: per pass); default 1000 (multipass 100)")
+    parser.add_argument("--first-iterations", type=_positive_int, metavar="N",
+                        help="iterations for the first frame (every frame in per-frame mode); "
+                             "default 2x --iterations")
+    parser.add_argument("--mode", choices=MODES, default="temporal")
+    parser.add_argument("--style-keyframes", metavar="FILE.json", help="per style, {frame: weight} keyframes")
+    parser.add_argument("--preserve-colors", action="store_true",
+                        help="transfer luminance only, keep the content's colours")
+    parser.add_argument("--device", default="auto", help="auto, cpu or cuda (default auto)")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--passes", type=_positive_int, default=15,
+                        help="multipass: number of passes (default 15)")
+    parser.add_argument("--flow", choices=("dis", "farneback", "raft"), default="dis",
+                        help="optical flow method")
+    parser.add_argument("--long-term", type=_distances, default=(1, 2, 4), metavar="J",
+                        help="frame distances of the temporal constraints (default 1,2,4)")
+    parser.add_argument("--optimizer", choices=("lbfgs", "adam"), default="lbfgs")
+    parser.add_argument("--init", choices=("content", "noise"), default="content",
+                        help="first-frame initialization")
+    parser.add_argument("--content-weight", type=float, default=5.0)
+    parser.add_argument("--style-weight", type=float, default=1e2)
+    parser.add_argument("--temporal-weight", type=float, default=1e3)
+    parser.add_argument("--tv-weight", type=float, default=1e-3)
+    parser.add_argument("--style-scale", type=float, default=1.0)
+    parser.add_argument("--no-early-stop", action="store_true", help="always run every iteration")
+    parser.add_argument("--resume", action="store_true",
+                        help="keep frames already in DIR (frame_000001.png onwards) and continue after them")
+    parser.add_argument("--video", metavar="OUT.mp4", help="also write the result as an mp4")
+    parser.add_argument("--fps", type=float, default=24.0, help="frame rate of --video (default 24)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="python -m engine_server", description="Temporally consistent video style transfer.")
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
@@ -53,35 +93,7 @@ def build_parser() -> argparse.ArgumentParser:
     s = sub.add_parser("stylize", help="stylize a video, folder of frames or glob",
                        description="Stylize INPUT with one or more style images; writes DIR/frame_000001.png ... "
                                    "and DIR/report.json.")
-    s.add_argument("input", metavar="INPUT", help="video file, directory of images (name order) or glob")
-    s.add_argument("--style", action="append", required=True, metavar="IMAGE", help="style image (repeatable)")
-    s.add_argument("--out", required=True, metavar="DIR", help="output directory")
-    s.add_argument("--width", type=_positive_int, metavar="PX", help="processing width (default: frame width)")
-    s.add_argument("--iterations", type=_positive_int, metavar="N",
-                   help="iterations per later frame (multipass: per pass); default 1000 (multipass 100)")
-    s.add_argument("--first-iterations", type=_positive_int, metavar="N",
-                   help="iterations for the first frame (every frame in per-frame mode); default 2x --iterations")
-    s.add_argument("--mode", choices=MODES, default="temporal")
-    s.add_argument("--style-keyframes", metavar="FILE.json", help="per style, {frame: weight} keyframes")
-    s.add_argument("--preserve-colors", action="store_true", help="transfer luminance only, keep the content's colours")
-    s.add_argument("--device", default="auto", help="auto, cpu or cuda (default auto)")
-    s.add_argument("--seed", type=int, default=0)
-    s.add_argument("--passes", type=_positive_int, default=15, help="multipass: number of passes (default 15)")
-    s.add_argument("--flow", choices=("dis", "farneback", "raft"), default="dis", help="optical flow method")
-    s.add_argument("--long-term", type=_distances, default=(1, 2, 4), metavar="J",
-                   help="frame distances of the temporal constraints (default 1,2,4)")
-    s.add_argument("--optimizer", choices=("lbfgs", "adam"), default="lbfgs")
-    s.add_argument("--init", choices=("content", "noise"), default="content", help="first-frame initialization")
-    s.add_argument("--content-weight", type=float, default=5.0)
-    s.add_argument("--style-weight", type=float, default=1e2)
-    s.add_argument("--temporal-weight", type=float, default=1e3)
-    s.add_argument("--tv-weight", type=float, default=1e-3)
-    s.add_argument("--style-scale", type=float, default=1.0)
-    s.add_argument("--no-early-stop", action="store_true", help="always run every iteration")
-    s.add_argument("--resume", action="store_true",
-                   help="keep frames already in DIR (frame_000001.png onwards) and continue after them")
-    s.add_argument("--video", metavar="OUT.mp4", help="also write the result as an mp4")
-    s.add_argument("--fps", type=float, default=24.0, help="frame rate of --video (default 24)")
+    add_stylize_options(s)
 
     c = sub.add_parser("consistency", help="reference consistency check of two .flo flows",
                        description="Write the certainty mask of FLOW_A checked against FLOW_B (0..255 PGM), "
@@ -89,6 +101,12 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("flow_a", metavar="FLOW_A.flo")
     c.add_argument("flow_b", metavar="FLOW_B.flo")
     c.add_argument("out", metavar="OUT.pgm")
+
+    from . import keys, server, submit  # the engine server's commands live in their own modules
+
+    server.add_parser(sub)
+    submit.add_parser(sub, add_stylize_options)
+    keys.add_parser(sub)
     return parser
 
 
@@ -187,6 +205,10 @@ def run_consistency(args) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    if args.command in ("serve", "keygen", "submit"):
+        from . import keys, server, submit
+
+        return {"serve": server.run_serve, "keygen": keys.run_keygen, "submit": submit.run_submit}[args.command](args)
     try:
         if args.command == "stylize":
             return run_stylize(args)

@@ -1,0 +1,261 @@
+"""Jobs on disk, so that they survive the engine: one folder per job in the jobs directory.
+
+    JOBS/<id>/job.json                 spec, state, error, timestamps, report (written atomically)
+    JOBS/<id>/styles/01.png ...        the style images as the client sent them
+    JOBS/<id>/input/frame_000001.png   uploaded frames (raw uploads are stored as PNG)
+    JOBS/<id>/output/frame_000001.png  finished frames, each written atomically as soon as it is done
+    JOBS/<id>/output/frame_000001.json that frame's seconds, iterations and losses (optional)
+
+Every file is written under a temporary name and renamed, so a killed engine leaves either the old
+file or the new one, never half of one. On start, :meth:`JobStore.scan` trusts nothing: a job.json
+that does not parse or validate is skipped (and logged), a frame whose PNG header does not match the
+job's size is not counted, temporary files are removed. The main thread owns job state; the worker
+only writes output frames.
+"""
+from __future__ import annotations
+
+import fcntl
+import json
+import logging
+import os
+import re
+import secrets
+import shutil
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+from vse_style_shared.protocol import JOB_STATES, Limits, ProtocolError, png_size, to_ranges, validate_job
+
+log = logging.getLogger(__name__)
+
+FRAME_NAME = re.compile(r"^frame_(\d{6})\.png$")
+STYLE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp"}
+# Jobs written by an engine with larger limits must still load after a restart with smaller ones.
+STORED_LIMITS = Limits(max_frames=10**7, max_side=10**6, max_styles=10**4, max_name_chars=10**4)
+
+
+class JobsDirBusy(RuntimeError):
+    """Another engine holds this jobs directory."""
+
+
+def write_atomic(path: Path, data) -> None:
+    """Write bytes (or any buffer) to ``path`` via a temporary name and a rename."""
+    temp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    with open(temp, "wb") as handle:
+        handle.write(data)
+    os.replace(temp, path)
+
+
+def frame_name(index: int) -> str:
+    return f"frame_{index:06d}.png"
+
+
+def encode_png(rgb: np.ndarray, level: int | None = None) -> bytes:
+    """RGB uint8 -> PNG bytes, exactly what ``frames.write_frame`` (cv2.imwrite) would write."""
+    params = [] if level is None else [cv2.IMWRITE_PNG_COMPRESSION, level]
+    ok, data = cv2.imencode(".png", cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR), params)
+    if not ok:
+        raise OSError("PNG encoding failed")
+    return data.tobytes()
+
+
+def decode_image(blob) -> np.ndarray | None:
+    """Image file bytes -> HxWx3 uint8 RGB, or None if they are not a readable image."""
+    bgr = cv2.imdecode(np.frombuffer(blob, np.uint8), cv2.IMREAD_COLOR)
+    return None if bgr is None else cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
+
+
+@dataclass
+class Job:
+    id: str
+    dir: Path
+    spec: dict                      # the submit request's job map: frame_count, width, height, styles, weights...
+    style_files: list[str]
+    state: str = "uploading"
+    error: dict | None = None
+    created: float = field(default_factory=time.time)
+    updated: float = field(default_factory=time.time)
+    report: dict | None = None      # the engine's Stylizer.describe() once the job has started
+    received: set = field(default_factory=set)  # uploaded frame indices
+    finished: set = field(default_factory=set)  # finished frame indices
+    cancelling: bool = False        # memory only: cancel asked, the worker has not stopped yet
+
+    @property
+    def frame_count(self) -> int:
+        return self.spec["frame_count"]
+
+    @property
+    def size(self) -> tuple[int, int]:
+        return self.spec["width"], self.spec["height"]
+
+    def input_path(self, index: int) -> Path:
+        return self.dir / "input" / frame_name(index)
+
+    def output_path(self, index: int) -> Path:
+        return self.dir / "output" / frame_name(index)
+
+    def meta_path(self, index: int) -> Path:
+        return self.output_path(index).with_suffix(".json")
+
+    def style_paths(self) -> list[Path]:
+        return [self.dir / "styles" / name for name in self.style_files]
+
+    def frame_meta(self, index: int) -> dict:
+        """seconds / iterations / losses of a finished frame ({} if unknown or unreadable)."""
+        try:
+            meta = json.loads(self.meta_path(index).read_text())
+            return meta if isinstance(meta, dict) else {}
+        except (OSError, ValueError):
+            return {}
+
+    def status(self, full: bool = True) -> dict:
+        """The ``job_status`` fields (PROTOCOL.md)."""
+        status = {
+            "job": self.id, "state": self.state, "name": self.spec.get("name"),
+            "frame_count": self.frame_count, "width": self.spec["width"], "height": self.spec["height"],
+            "styles": list(self.spec["styles"]), "received": len(self.received), "finished": len(self.finished),
+            "received_ranges": to_ranges(self.received), "finished_ranges": to_ranges(self.finished),
+            "error": self.error, "created": self.created, "updated": self.updated, "cancelling": self.cancelling,
+        }
+        if full:
+            status["report"] = self.report
+        return status
+
+    def to_json(self) -> dict:
+        return {"version": 1, "id": self.id, "spec": self.spec, "style_files": self.style_files,
+                "state": self.state, "error": self.error, "created": self.created, "updated": self.updated,
+                "report": self.report}
+
+
+class JobStore:
+    """The jobs directory. Not thread-safe: only the engine's main thread calls it."""
+
+    def __init__(self, root: str | os.PathLike):
+        self.root = Path(root)
+        self._lock_handle = None
+
+    def lock(self) -> None:
+        """Hold the directory for this process (released by the kernel even on kill -9)."""
+        self.root.mkdir(parents=True, exist_ok=True)
+        handle = open(self.root / ".lock", "w")
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            handle.close()
+            raise JobsDirBusy(f"jobs directory {self.root} is in use by another engine") from None
+        self._lock_handle = handle
+
+    def unlock(self) -> None:
+        if self._lock_handle is not None:
+            self._lock_handle.close()
+            self._lock_handle = None
+
+    # -- creating and updating -----------------------------------------------------------------
+    def new_id(self) -> str:
+        # time first so ids sort by creation; random part so two engines' ids never collide
+        return f"{time.strftime('%Y%m%d-%H%M%S')}-{secrets.token_hex(4)}"
+
+    def create(self, spec: dict, style_blobs: list) -> Job:
+        """A new job folder, built under a temporary name and renamed into place in one step."""
+        job_id = self.new_id()
+        temp = self.root / f".new-{job_id}"
+        for sub in ("styles", "input", "output"):
+            (temp / sub).mkdir(parents=True)
+        style_files = []
+        for i, (name, blob) in enumerate(zip(spec["styles"], style_blobs)):
+            suffix = Path(name).suffix.lower()
+            filename = f"{i + 1:02d}{suffix if suffix in STYLE_SUFFIXES else '.img'}"
+            (temp / "styles" / filename).write_bytes(blob)
+            style_files.append(filename)
+        job = Job(job_id, self.root / job_id, spec, style_files)
+        write_atomic(temp / "job.json", json.dumps(job.to_json()).encode())
+        try:
+            os.rename(temp, job.dir)
+        except OSError:
+            shutil.rmtree(temp, ignore_errors=True)
+            raise
+        return job
+
+    def save(self, job: Job) -> None:
+        job.updated = time.time()
+        write_atomic(job.dir / "job.json", json.dumps(job.to_json()).encode())
+
+    def write_input(self, job: Job, index: int, blob, encoding: str) -> None:
+        """Store an uploaded frame as PNG (raw RGB is converted; PNG bytes are written as they came)."""
+        if encoding == "raw":
+            width, height = job.size
+            rgb = np.frombuffer(blob, np.uint8).reshape(height, width, 3)
+            blob = encode_png(rgb)
+        write_atomic(job.input_path(index), blob)
+        job.received.add(index)
+
+    # -- loading -----------------------------------------------------------------------------------
+    def scan(self) -> list[Job]:
+        """Every valid job in the directory, oldest first; invalid ones are logged and left alone."""
+        jobs = []
+        if not self.root.is_dir():
+            return jobs
+        for entry in sorted(self.root.iterdir()):
+            if entry.name.startswith("."):
+                if entry.name.startswith(".new-") and entry.is_dir():  # a submit the engine died in
+                    shutil.rmtree(entry, ignore_errors=True)
+                continue
+            if not entry.is_dir():
+                continue
+            try:
+                jobs.append(self.load(entry))
+            except (OSError, ValueError, KeyError, TypeError, ProtocolError) as exc:
+                log.warning("ignoring job folder %s: %s", entry, exc)
+        jobs.sort(key=lambda j: j.created)
+        return jobs
+
+    def load(self, folder: Path) -> Job:
+        data = json.loads((folder / "job.json").read_text())
+        if not isinstance(data, dict) or data.get("id") != folder.name:
+            raise ValueError("job.json does not describe this folder")
+        spec = data["spec"]
+        validate_job(spec, STORED_LIMITS)
+        state = data["state"]
+        if state not in JOB_STATES:
+            raise ValueError(f"unknown state {state!r}")
+        style_files = data["style_files"]
+        if (not isinstance(style_files, list) or len(style_files) != len(spec["styles"])
+                or not all(isinstance(n, str) and "/" not in n and (folder / "styles" / n).is_file()
+                           for n in style_files)):
+            raise ValueError("style files missing")
+        error, report = data.get("error"), data.get("report")
+        job = Job(folder.name, folder, spec, style_files, state,
+                  error if isinstance(error, dict) else None,
+                  float(data["created"]), float(data["updated"]),
+                  report if isinstance(report, dict) else None)
+        job.received = self._valid_frames(folder / "input", job)
+        job.finished = self._valid_frames(folder / "output", job)
+        return job
+
+    @staticmethod
+    def _valid_frames(folder: Path, job: Job) -> set[int]:
+        """Indices of frame files whose PNG header has the job's size; temporary files are removed."""
+        found = set()
+        if not folder.is_dir():
+            return found
+        for entry in folder.iterdir():
+            if entry.name.startswith(".") and entry.name.endswith(".tmp"):
+                entry.unlink(missing_ok=True)
+                continue
+            match = FRAME_NAME.match(entry.name)
+            if not match or not 1 <= int(match.group(1)) <= job.frame_count:
+                continue
+            try:
+                with open(entry, "rb") as handle:
+                    head = handle.read(24)
+            except OSError:
+                continue
+            if png_size(head) == job.size:
+                found.add(int(match.group(1)))
+            else:
+                log.warning("ignoring %s: not a %dx%d PNG", entry, *job.size)
+        return found

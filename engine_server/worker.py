@@ -1,0 +1,161 @@
+"""The worker: one thread per device that runs queued jobs through the engine core.
+
+It never touches the client socket (ZeroMQ sockets belong to one thread): it reports to the main loop
+over an inproc PAIR socket of its own, one msgpack header plus optional binary frames per event:
+
+    {"event": "started" | "describe" | "progress" | "frame" | "ended" | "stopped", "job": id, ...}
+
+The only thing it writes is output frames (atomically, PNG first known by its final name), so job
+state stays with the main thread. The engine (torch, VGG weights) is imported and loaded here, lazily,
+so the socket loop answers from its first second.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import queue
+import threading
+import time
+from dataclasses import dataclass, field, replace
+
+import msgpack
+import zmq
+
+from .jobs import Job, encode_png, write_atomic
+
+log = logging.getLogger(__name__)
+
+PROGRESS_INTERVAL = 0.1  # seconds: at most ~10 progress events per second per job (PROTOCOL.md)
+OPTION_TYPES = {"long_term": tuple}
+
+
+@dataclass
+class Ticket:
+    """What the worker needs of a job: a snapshot, so the worker never reads the main thread's Job."""
+
+    job: Job
+    cancel: threading.Event = field(default_factory=threading.Event)
+
+    @classmethod
+    def of(cls, job: Job) -> "Ticket":
+        return cls(replace(job, received=set(job.received), finished=set(job.finished)))
+
+
+class Worker(threading.Thread):
+    def __init__(self, context: zmq.Context, events_address: str, device: str, vgg_weights: str = "auto"):
+        super().__init__(name="engine-worker", daemon=True)
+        self.context = context
+        self.events_address = events_address
+        self.device = device
+        self.vgg_weights = vgg_weights
+        self.tickets: queue.Queue[Ticket] = queue.Queue()
+        self.shutdown = threading.Event()
+        self._socket = None
+        self._last_progress = 0.0
+        self._last_key = None
+
+    # -- main thread side ---------------------------------------------------------------------
+    def enqueue(self, ticket: Ticket) -> None:
+        self.tickets.put(ticket)
+
+    def stop(self) -> None:
+        self.shutdown.set()
+
+    # -- worker thread ------------------------------------------------------------------------
+    def run(self) -> None:
+        self._socket = self.context.socket(zmq.PAIR)
+        self._socket.setsockopt(zmq.LINGER, 1000)
+        self._socket.connect(self.events_address)
+        try:
+            while not self.shutdown.is_set():
+                try:
+                    ticket = self.tickets.get(timeout=0.2)
+                except queue.Empty:
+                    continue
+                if ticket.cancel.is_set():  # cancelled while queued: the main thread already said so
+                    continue
+                try:
+                    self._run_job(ticket)
+                except Exception:  # never let one job end the worker
+                    log.exception("job %s: worker error", ticket.job.id)
+        finally:
+            self._socket.close()
+
+    def _send(self, header: dict, blobs=()) -> None:
+        self._socket.send_multipart([msgpack.packb(header, use_bin_type=True), *blobs], copy=False)
+
+    def _run_job(self, ticket: Ticket) -> None:
+        job = ticket.job
+        log.info("job %s: starting (%d frames %dx%d)", job.id, job.frame_count, *job.size)
+        self._send({"event": "started", "job": job.id})
+        try:
+            state, error = self._stylize(ticket)
+        except Exception as exc:  # the engine failed: the job fails, the engine goes on
+            log.exception("job %s failed", job.id)
+            state, error = "failed", {"code": "internal", "message": f"{type(exc).__name__}: {exc}", "field": None}
+        if state == "stopped":
+            log.info("job %s: interrupted by shutdown; it resumes when the engine starts again", job.id)
+            self._send({"event": "stopped", "job": job.id})
+            return
+        log.info("job %s: %s", job.id, state)
+        self._send({"event": "ended", "job": job.id, "state": state, "error": error})
+
+    def _stylize(self, ticket: Ticket) -> tuple[str, dict | None]:
+        from .errors import Cancelled, InputError
+        from .flow import FlowBackendUnavailable
+        from .frames import read_image
+        from .pipeline import StylizeOptions, Stylizer
+        from .vgg import WeightsUnavailable
+
+        job = ticket.job
+        options = {k: OPTION_TYPES.get(k, lambda v: v)(v) for k, v in (job.spec.get("options") or {}).items()}
+        options = StylizeOptions(**options, device=self.device, vgg_weights=self.vgg_weights)
+        self._progress_event(job.id, "setup", 0, job.frame_count, force=True)
+
+        def stop_requested() -> bool:
+            return ticket.cancel.is_set() or self.shutdown.is_set()
+
+        try:
+            stylizer = Stylizer([str(p) for p in job.style_paths()], options,
+                                progress=lambda p: self._on_progress(job.id, p), cancel=stop_requested)
+            self._send({"event": "describe", "job": job.id, "report": stylizer.describe()})
+            done = {}
+            if options.mode != "multipass":  # multipass re-runs every pass: no partial resume
+                for index in sorted(job.finished):
+                    try:
+                        done[index] = read_image(job.output_path(index), "finished frame")
+                    except InputError:
+                        log.warning("job %s: finished frame %d unreadable, recomputing it", job.id, index)
+            inputs = [str(job.input_path(i)) for i in range(1, job.frame_count + 1)]
+            if done:
+                log.info("job %s: resuming with %d finished frames", job.id, len(done))
+            for result in stylizer.run(inputs, job.spec["weights"], done):
+                png = encode_png(result.image)
+                meta = {"seconds": round(result.seconds, 3), "iterations": result.iterations,
+                        "losses": {k: float(v) for k, v in result.losses.items()}}
+                write_atomic(job.meta_path(result.index), json.dumps(meta).encode())
+                write_atomic(job.output_path(result.index), png)  # the PNG's final name = frame finished
+                self._send({"event": "frame", "job": job.id, "index": result.index, **meta}, [png])
+        except Cancelled:
+            return ("cancelled", None) if ticket.cancel.is_set() else ("stopped", None)
+        except (InputError, WeightsUnavailable, FlowBackendUnavailable) as exc:
+            return "failed", {"code": "bad_field", "message": str(exc), "field": None}
+        return "done", None
+
+    def _on_progress(self, job_id: str, event) -> None:
+        self._progress_event(job_id, event.stage, event.frame, event.frame_count, event.iteration,
+                             event.iterations, event.loss, event.pass_index, event.pass_count, event.eta,
+                             event.frames_done)
+
+    def _progress_event(self, job_id, stage, frame, frame_count, iteration=0, iterations=0, loss=None,
+                        pass_index=1, passes=1, eta=None, frames_done=0, force=False) -> None:
+        # Rate-limited, but a new stage or frame always goes out so clients see every step.
+        now = time.monotonic()
+        key = (job_id, stage, frame, pass_index)
+        if not force and key == self._last_key and now - self._last_progress < PROGRESS_INTERVAL:
+            return
+        self._last_key, self._last_progress = key, now
+        self._send({"event": "progress", "job": job_id, "stage": stage, "frame": frame,
+                    "frame_count": frame_count, "iteration": iteration, "iterations": iterations,
+                    "loss": None if loss is None else float(loss), "pass": pass_index, "passes": passes,
+                    "eta": None if eta is None else float(eta), "frames_done": frames_done})
