@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: setup demo test bench clean
+.PHONY: setup demo test bench addon clean
 
 setup: $(STAMP)
 
@@ -23,6 +23,9 @@ test: setup
 
 bench: setup
 	$(PY) -m engine_server.bench
+
+addon: setup
+	$(PY) build_addon.py
 
 clean:
 	rm -rf $(VENV) out build dist *.egg-info

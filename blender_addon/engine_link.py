@@ -1,0 +1,391 @@
+"""Everything that talks to the engine: the local engine process, the client, submitting and following
+jobs. The rest of the add-on never sees the client API, only Settings, connect() and JobLink.
+
+No bpy in here except through Settings.from_prefs (connect() runs in a worker thread).
+"""
+import atexit
+import os
+import socket
+import subprocess
+import threading
+import time
+from concurrent.futures import Future
+from dataclasses import dataclass
+
+from . import shared_pkg
+
+PROTOCOL_VERSION = 1
+START_TIMEOUT = 180.0  # seconds a local engine may take to start (torch import, first run)
+
+
+class LinkError(Exception):
+    """A failure explained for the editor (engine not reachable, version mismatch, job refused)."""
+
+
+@dataclass(frozen=True)
+class Settings:
+    """A snapshot of the preferences: worker threads must not read bpy data."""
+    mode: str = "LOCAL"
+    python: str = ""
+    port: int = 5591
+    jobs_dir: str = ""
+    address: str = "tcp://127.0.0.1:5555"
+    keys_dir: str = ""
+    timeout: float = 10.0
+
+    @classmethod
+    def from_prefs(cls, prefs) -> "Settings":
+        import bpy
+        jobs_dir = bpy.path.abspath(prefs.jobs_dir) if prefs.jobs_dir else _default_jobs_dir()
+        return cls(prefs.engine_mode, bpy.path.abspath(prefs.python), prefs.port, jobs_dir,
+                   prefs.address.strip(), bpy.path.abspath(prefs.keys_dir) if prefs.keys_dir else "",
+                   prefs.timeout)
+
+    @property
+    def target(self) -> str:
+        return f"tcp://127.0.0.1:{self.port}" if self.mode == "LOCAL" else self.address
+
+
+def _default_jobs_dir() -> str:
+    import bpy
+    try:  # an installed extension has a user folder that survives updates
+        return bpy.utils.extension_path_user(__package__, path="jobs", create=True)
+    except (ValueError, AttributeError):  # running from a source checkout
+        folder = bpy.utils.user_resource('DATAFILES', path="vse_style_transfer", create=True)
+        return os.path.join(folder, "jobs")
+
+
+def client_module():
+    return shared_pkg.load("client")
+
+
+# -- the local engine process ----------------------------------------------------------------------
+
+class LocalEngine:
+    """An engine process this Blender started (``<python> -m engine_server serve``)."""
+
+    def __init__(self, settings: Settings):
+        self.settings = settings
+        os.makedirs(settings.jobs_dir, exist_ok=True)
+        self.log_path = os.path.join(settings.jobs_dir, "engine.log")
+        self.pid_path = os.path.join(settings.jobs_dir, "engine.pid")
+        python = settings.python
+        if not python:
+            raise LinkError("Set the engine's Python interpreter in the add-on preferences (Local engine)")
+        if not os.path.isfile(python):
+            raise LinkError(f"Engine Python not found: {python}")
+        env = {k: v for k, v in os.environ.items() if k not in ("PYTHONHOME", "PYTHONPATH")}  # not Blender's
+        command = [python, "-m", "engine_server", "serve", "--bind", settings.target,
+                   "--jobs-dir", settings.jobs_dir]
+        flags = getattr(subprocess, "CREATE_NO_WINDOW", 0)  # Windows: no console window
+        with open(self.log_path, "ab") as log:
+            self.process = subprocess.Popen(command, stdin=subprocess.DEVNULL, stdout=log,
+                                            stderr=subprocess.STDOUT, env=env, cwd=settings.jobs_dir,
+                                            creationflags=flags)
+        with open(self.pid_path, "w") as handle:
+            handle.write(str(self.process.pid))
+
+    @property
+    def alive(self) -> bool:
+        return self.process.poll() is None
+
+    def log_tail(self, lines: int = 3) -> str:
+        try:
+            with open(self.log_path, "rb") as handle:
+                handle.seek(max(0, os.path.getsize(self.log_path) - 4096))
+                text = handle.read().decode("utf-8", "replace")
+        except OSError:
+            return ""
+        return " | ".join(line.strip() for line in text.strip().splitlines()[-lines:])
+
+    def stop(self, timeout: float = 10.0):
+        if self.alive:
+            self.process.terminate()  # the engine keeps its jobs on disk and resumes them next start
+            try:
+                self.process.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+        try:
+            os.remove(self.pid_path)
+        except OSError:
+            pass
+
+
+_lock = threading.Lock()      # connect() runs in a worker thread; stop() on the main thread
+_local: "LocalEngine | None" = None
+_client = None                # the connected EngineClient and the settings it was made for
+_client_settings: "Settings | None" = None
+_welcome: dict = {}
+
+
+def local_engine_failed() -> str:
+    """A message if the local engine this Blender started has exited, else ''."""
+    engine = _local
+    if engine is None or engine.alive:
+        return ""
+    return f"The local engine stopped (exit code {engine.process.returncode}): {engine.log_tail()}"
+
+
+def local_pid() -> "int | None":
+    return _local.process.pid if _local is not None and _local.alive else None
+
+
+def stop_local():
+    """Stop the engine this Blender started (on unregister and exit) and forget the client."""
+    global _local
+    engine = _local
+    if engine is not None:
+        engine.stop()  # without the lock: a connect() waiting for this engine to start gives up now
+    with _lock:
+        _forget_client()
+        if _local is engine:
+            _local = None
+
+
+atexit.register(stop_local)
+
+
+def _forget_client():
+    global _client, _client_settings
+    if _client is not None:
+        _client.close()
+    _client = _client_settings = None
+
+
+def forget_client():
+    """Drop the connection (after the engine was found unreachable); the next connect() makes a new one."""
+    with _lock:
+        _forget_client()
+
+
+def _new_client(settings: Settings, timeout: float):
+    api = client_module()
+    server_key = client_keys = None
+    if settings.mode == "REMOTE" and settings.keys_dir:
+        server_key = os.path.join(settings.keys_dir, "server.key")
+        client_keys = os.path.join(settings.keys_dir, "client.key_secret")
+        for path in (server_key, client_keys):
+            if not os.path.isfile(path):
+                raise LinkError(f"Key file missing: {path} (write the keys with "
+                                f"'python -m engine_server keygen DIR')")
+    try:
+        return api.EngineClient(settings.target, server_public_key=server_key, client_keys=client_keys,
+                                timeout=timeout, name="blender vse_style_transfer")
+    except ValueError as exc:
+        raise LinkError(f"Bad engine address or keys: {exc}") from None
+
+
+def _hello(client) -> dict:
+    """The welcome, or LinkError for a protocol mismatch."""
+    api = client_module()
+    try:
+        welcome = client.hello()
+    except api.EngineError as exc:
+        if exc.code == "version_mismatch":
+            raise LinkError(f"Engine version mismatch: {exc.message}. Use an engine and add-on of the same "
+                            f"release") from None
+        raise LinkError(f"The engine refused the connection: {exc.message}") from None
+    if welcome.get("protocol") != PROTOCOL_VERSION:
+        raise LinkError(f"Engine version mismatch: the engine speaks protocol {welcome.get('protocol')}, "
+                        f"this add-on {PROTOCOL_VERSION}")
+    return welcome
+
+
+def _listening(port: int) -> bool:
+    """Whether something accepts connections on the loopback port."""
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=0.5):
+            return True
+    except OSError:
+        return False
+
+
+def _start_local(settings: Settings):
+    """A client of the local engine: the one already answering on the port, or a new process."""
+    global _local
+    api = client_module()
+    if not (_local is not None and _local.alive and _local.settings == settings):
+        if _local is not None:
+            _local.stop()
+            _local = None
+        if _listening(settings.port):  # an engine started elsewhere (another Blender, a terminal)?
+            client = _new_client(settings, min(settings.timeout, 2.0))
+            try:
+                return client, _hello(client)
+            except api.EngineUnavailable:
+                client.close()
+                raise LinkError(f"Port {settings.port} is taken by something that is not an engine: "
+                                f"choose another port in the add-on preferences") from None
+        _local = LocalEngine(settings)
+    deadline = time.monotonic() + START_TIMEOUT
+    client = _new_client(settings, 1.0)
+    try:
+        while True:
+            try:
+                return client, _hello(client)
+            except api.EngineUnavailable:
+                if not _local.alive:
+                    raise LinkError(local_engine_failed()) from None
+                if time.monotonic() > deadline:
+                    raise LinkError(f"The local engine did not answer within {START_TIMEOUT:.0f} s: "
+                                    f"{_local.log_tail()}") from None
+    except BaseException:
+        client.close()
+        raise
+
+
+def _open(settings: Settings):
+    """A new client and the engine's welcome, starting the local engine if needed; LinkError."""
+    api = client_module()
+    try:
+        if settings.mode == "LOCAL":
+            client, welcome = _start_local(settings)
+            client.timeout = settings.timeout
+            return client, welcome
+        client = _new_client(settings, settings.timeout)
+        try:
+            return client, _hello(client)
+        except BaseException:
+            client.close()
+            raise
+    except api.EngineUnavailable as exc:
+        raise LinkError(f"Engine not reachable at {settings.target}: {exc}") from None
+
+
+def connect(settings: Settings):
+    """The shared client and the engine's welcome; LinkError with a message for the editor.
+    Blocking (seconds while a local engine starts): call it from a worker thread in the UI."""
+    global _client, _client_settings, _welcome
+    with _lock:
+        engine_gone = _local is not None and not _local.alive  # restart the local engine
+        if _client is not None and _client_settings == settings and not engine_gone:
+            return _client, _welcome
+        _forget_client()
+        _client, _welcome = _open(settings)
+        _client_settings = settings
+        return _client, _welcome
+
+
+def check(settings: Settings) -> dict:
+    """Connection test on a client of its own (the shared one may be busy on the main thread); starts
+    the local engine if needed. The welcome, or LinkError."""
+    with _lock:
+        client, welcome = _open(settings)
+    client.close()
+    return welcome
+
+
+def _in_thread(function, *args) -> Future:
+    """Run ``function`` in a daemon thread; the UI polls the future from its timer."""
+    future = Future()
+
+    def work():
+        try:
+            future.set_result(function(*args))
+        except BaseException as exc:  # handed to the main thread, which reports it
+            future.set_exception(exc)
+
+    threading.Thread(target=work, name="vse_style engine", daemon=True).start()
+    return future
+
+
+def connect_async(settings: Settings) -> Future:
+    return _in_thread(connect, settings)
+
+
+def check_async(settings: Settings) -> Future:
+    return _in_thread(check, settings)
+
+
+def describe(welcome: dict) -> str:
+    """'Engine 0.1.0 on cuda:0 NVIDIA H100 (protocol 1)' for the connection test."""
+    return (f"Engine {welcome.get('engine', '?')} on {welcome.get('device', '?')} "
+            f"(protocol {welcome.get('protocol')})")
+
+
+def explain(exc: BaseException) -> str:
+    """One line for the editor from any failure of the client."""
+    if isinstance(exc, LinkError):
+        return str(exc)
+    api = client_module()
+    if isinstance(exc, api.EngineUnavailable):
+        return f"Engine not reachable: {exc}"
+    if isinstance(exc, api.EngineError):
+        return f"The engine refused the request: {exc.message}"
+    return f"{type(exc).__name__}: {exc}"
+
+
+# -- one job -------------------------------------------------------------------------------------------
+
+class JobLink:
+    """One job on the engine: the upload (for a new job), then its events until it ends.
+
+    ``tick()`` returns plain events, each a dict with ``type``:
+    ``uploaded`` (count, total), ``accepted`` (job), ``progress`` (the engine's fields), ``frame`` (index,
+    data), ``state`` (state, error message or ''), ``unreachable`` (message), ``reconnected``."""
+
+    def __init__(self, client, job_id: str = "", since: int = 0):
+        self.client = client
+        self.job_id = job_id
+        self.upload = None
+        self.session = None
+        self.state = "uploading"
+        self._acked = 0
+        if job_id:
+            self.session = client.open_session(job_id, since=since)
+
+    @classmethod
+    def submit(cls, client, frames, styles, weights, options, width, height, name):
+        link = cls(client)
+        link.upload = client.start_submit(frames, styles, weights, options, width, height, name=name)
+        return link
+
+    def tick(self, max_seconds: float = 0.005, block: bool = False) -> list:
+        """Bounded work (``max_seconds``); ``block`` waits for the engine that long (background mode)."""
+        events = []
+        if self.upload is not None:
+            upload = self.upload
+            upload.tick(max_seconds, block=block)
+            if upload.job_id and not self.job_id:
+                self.job_id = upload.job_id
+                events.append({"type": "accepted", "job": upload.job_id})
+            if len(upload.acked) != self._acked:
+                self._acked = len(upload.acked)
+                events.append({"type": "uploaded", "count": self._acked, "total": upload.total})
+            if upload.state == "failed":
+                raise LinkError(explain(upload.error))
+            if upload.state == "done":
+                self.upload = None
+                self.state = "queued"
+                self.session = self.client.open_session(self.job_id)
+            return events
+        for event in self.session.tick(max_seconds, block=block):
+            kind = event.get("type")
+            if kind == "job_status":
+                self.state = event["state"]
+                error = event.get("error") or {}
+                events.append({"type": "state", "state": event["state"], "error": error.get("message") or ""})
+            elif kind == "error":
+                if event.get("code") == "unknown_job":
+                    raise LinkError(f"The engine does not know job {self.job_id} (its jobs folder was "
+                                    f"cleared or this is another engine)")
+                raise LinkError(f"The engine refused the request: {event.get('message')}")
+            elif kind in ("progress", "frame", "unreachable", "reconnected"):
+                events.append(event)
+        return events
+
+    @property
+    def done(self) -> bool:
+        """The job ended and every frame it finished has been delivered."""
+        return self.session is not None and self.session.done
+
+    def cancel(self):
+        """Ask the engine to stop (blocking up to the timeout). Before the engine knew the job: nothing."""
+        if self.job_id:
+            self.client.cancel(self.job_id)
+
+    def close(self):
+        if self.session is not None:
+            self.session.close()
+            self.session = None

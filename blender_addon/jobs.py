@@ -1,0 +1,467 @@
+"""Stylize jobs while Blender runs: export -> connect -> upload -> engine -> frames on disk -> import.
+
+A Run holds what lives only in memory (the exporter, the connection, the session); the job's record
+in the scene (props.VSE_STYLE_PG_job) is what the .blend keeps, so a job can be re-imported or
+resumed after Blender was closed. Runs look their record, scene and strip up by name on every step
+and keep no RNA pointers across ticks: undo and file loads free them.
+
+``tick()`` does a bounded amount of work for every run. In the UI a timer calls it; in background
+mode (and in tests) the caller does, so nothing here depends on timers or modal operators.
+"""
+import os
+import shutil
+import tempfile
+import time
+import traceback
+import uuid
+
+import bpy
+
+from . import engine_link, export, reimport
+from .engine_link import LinkError
+from .keyframes import sample_weights
+from .props import MAX_STYLES
+
+FINAL_STATES = ("done", "failed", "cancelled")
+STATE_TEXT = {"queued": "Queued on the engine", "running": "Starting"}  # until progress events say more
+TIMER_INTERVAL = 0.1
+_runs: dict = {}   # uid -> Run
+
+
+class JobError(Exception):
+    """A message for the editor."""
+
+
+# -- records -----------------------------------------------------------------------------------------
+
+def find_record(scene, uid: str):
+    return next((r for r in scene.vse_style_jobs if r.uid == uid), None)
+
+
+def display_state(record) -> str:
+    """The record's state, or 'interrupted' for a job whose run ended with an earlier Blender session."""
+    if record.state not in FINAL_STATES and record.uid not in _runs:
+        return "interrupted"
+    return record.state
+
+
+def active_run(strip_name: str):
+    return next((run for run in _runs.values() if run.info.get("source") == strip_name), None)
+
+
+def get_run(uid: str):
+    return _runs.get(uid)
+
+
+def busy() -> bool:
+    return bool(_runs)
+
+
+# -- one job ---------------------------------------------------------------------------------------
+
+class Run:
+    def __init__(self, scene, record, settings, exporter=None, job_request=None, since=0, background=False):
+        self.uid = record.uid
+        self.scene_name = scene.name
+        # plain copies of the record's fields (arrays as tuples: no RNA memory), to re-create the
+        # record if the editor undoes its creation while the job runs
+        self.info = {p.identifier: getattr(record, p.identifier)[:] if getattr(p, "is_array", False)
+                     else getattr(record, p.identifier)
+                     for p in record.bl_rna.properties if p.identifier != "rna_type"}
+        self.settings = settings
+        self.background = background
+        self.exporter = exporter
+        self.job_request = job_request  # (styles, weights, options) of a new job
+        self.since = since
+        count = record.frame_count  # frames already on disk: all but the missing (a new job: none)
+        self.have = set(range(1, count + 1)) - set(reimport.missing_frames(record.out_dir, count)) \
+            if job_request is None else set()
+        self.stage = "export" if exporter is not None else "connect"
+        self.future = None
+        self.link = None
+        self.cancelling = False
+        self.error = ""
+        self.unreachable_noted = False
+
+    # record access ------------------------------------------------------------------------------
+    @property
+    def scene(self):
+        return bpy.data.scenes.get(self.scene_name)
+
+    def record(self):
+        scene = self.scene
+        if scene is None:
+            return None
+        record = find_record(scene, self.uid)
+        if record is None:  # undone: put it back, the job still runs
+            record = scene.vse_style_jobs.add()
+            for key, value in self.info.items():
+                setattr(record, key, value)
+        return record
+
+    def update(self, **fields):
+        self.info.update(fields)
+        record = self.record()
+        if record is not None:
+            for key, value in fields.items():
+                setattr(record, key, value)
+
+    # the stages ----------------------------------------------------------------------------------
+    def step(self, deadline: float, block: bool = False):
+        if self.stage == "export":
+            self._export(deadline)
+        if self.stage == "connect":
+            self._connect()
+        if self.stage == "engine":
+            self._engine(deadline, block)
+        if self.stage == "import":
+            self._import()
+
+    def _export(self, deadline):
+        exporter = self.exporter
+        total = len(exporter.frames)
+        while not exporter.done:
+            exporter.step()
+            self.update(progress=0.0, progress_text=f"Exporting frame {len(exporter.paths)}/{total}")
+            if time.monotonic() > deadline:
+                return
+        exporter.close()
+        self.stage = "connect"
+
+    def _connect(self):
+        if self.background:
+            client, _welcome = engine_link.connect(self.settings)
+        else:
+            if self.future is None:
+                self.future = engine_link.connect_async(self.settings)
+                self.update(progress_text="Connecting to the engine")
+            if not self.future.done():
+                return
+            client, _welcome = self.future.result()  # raises the LinkError for the editor
+        if self.job_request is not None:
+            styles, weights, options = self.job_request
+            info = self.info
+            self.link = engine_link.JobLink.submit(client, self.exporter.paths, styles, weights, options,
+                                                   info["width"], info["height"], info["name"])
+            self.update(state="uploading", progress_text="Uploading")
+        else:
+            self.link = engine_link.JobLink(client, self.info["job_id"], since=self.since)
+            self.update(progress_text="Attached to the engine")
+        self.stage = "engine"
+
+    def _engine(self, deadline, block):
+        link = self.link
+        for event in link.tick(max(0.001, deadline - time.monotonic()), block=block):
+            self._on_event(event)
+        if self.exporter is not None and link.upload is None and link.job_id:
+            shutil.rmtree(self.exporter.folder, ignore_errors=True)  # uploaded: inputs not needed
+            self.exporter = None
+        if self.cancelling is True and link.job_id:
+            self.cancelling = "sent"
+            link.cancel()
+        if not link.done:
+            failed = engine_link.local_engine_failed() if self.settings.mode == "LOCAL" else ""
+            if failed:
+                raise LinkError(failed)
+            return
+        state = link.state
+        if state == "done":
+            self.stage = "import"
+        elif state == "failed":
+            reason = self.info.get("error") or "no reason given"
+            raise JobError(f"Job failed on the engine: {reason}")
+        else:
+            self.finish("cancelled", "Cancelled")
+
+    def _on_event(self, event):
+        kind = event["type"]
+        count = self.info["frame_count"]
+        if kind == "accepted":
+            self.update(job_id=event["job"])
+        elif kind == "uploaded":
+            self.update(progress=0.0, progress_text=f"Uploading frame {event['count']}/{event['total']}")
+        elif kind == "progress":
+            frame, eta = event.get("frame") or 0, event.get("eta")
+            iteration, iterations = event.get("iteration") or 0, event.get("iterations") or 0
+            done = max(0, frame - 1) + (iteration / iterations if iterations else 0)
+            text = f"Frame {frame}/{event.get('frame_count') or count}"
+            if event.get("stage") not in (None, "optimize"):
+                text += f" ({event['stage']})"
+            if eta is not None:
+                text += f" · ETA {_duration(eta)}"
+            self.update(state="running", progress=min(1.0, done / count), progress_text=text)
+        elif kind == "frame":
+            self._write_frame(event["index"], event["data"])
+        elif kind == "state":
+            fields = {"state": event["state"]}
+            if event["state"] in STATE_TEXT:
+                fields["progress_text"] = STATE_TEXT[event["state"]]
+            if event["error"]:
+                fields["error"] = event["error"]
+            self.update(**fields)
+        elif kind == "unreachable":
+            if self.background:
+                raise LinkError(f"Engine not reachable: {event.get('message')}")
+            if not self.unreachable_noted:
+                self.unreachable_noted = True
+                notify(f"Engine not reachable, still trying: {event.get('message')}", "WARNING")
+            self.update(progress_text="Engine not reachable, retrying")
+        elif kind == "reconnected":
+            self.unreachable_noted = False
+            self.update(progress_text="Reconnected to the engine")
+
+    def _write_frame(self, index: int, data):
+        folder = bpy.path.abspath(self.info["out_dir"])
+        os.makedirs(folder, exist_ok=True)
+        path = os.path.join(folder, reimport.frame_name(index))
+        with open(path + ".part", "wb") as handle:
+            handle.write(data)
+        os.replace(path + ".part", path)  # never a half-written frame under the real name
+        self.have.add(index)
+        self.update(finished=len(self.have))
+
+    def _import(self):
+        self.update(state="done", progress=1.0, progress_text="Importing")
+        missing = reimport.missing_frames(self.info["out_dir"], self.info["frame_count"])
+        if missing:
+            raise JobError(f"The engine finished but {len(missing)} frames never arrived; use Re-import")
+        if self.background:
+            import_now(self.scene, self.record())
+        else:  # through the operator, asking for its undo step (scripts get none by default)
+            try:
+                bpy.ops.vse_style.job_import('EXEC_DEFAULT', True, scene=self.scene_name, uid=self.uid)
+            except RuntimeError as exc:  # the operator reported an error
+                raise JobError(str(exc).removeprefix("Error: ").strip()) from None
+        self.finish("done", "")
+
+    # endings -------------------------------------------------------------------------------------
+    def finish(self, state: str, text: str, error: str = ""):
+        fields = {"state": state, "progress_text": text}
+        if error:
+            fields["error"] = error
+        self.update(**fields)
+        self.close()
+
+    def fail(self, message: str):
+        self.error = message
+        self.finish("failed", "Failed", message)
+        notify(message, "ERROR")
+
+    def cancel(self):
+        """Stop the job: before the engine has it, right away; else ask the engine (the state follows)."""
+        if self.stage in ("export", "connect"):
+            self.finish("cancelled", "Cancelled")
+        elif not self.cancelling:
+            self.cancelling = True
+            self.update(progress_text="Cancelling")
+
+    def close(self):
+        _runs.pop(self.uid, None)
+        if self.exporter is not None:
+            self.exporter.close()
+            shutil.rmtree(self.exporter.folder, ignore_errors=True)
+            self.exporter = None
+        if self.link is not None:
+            try:
+                self.link.close()
+            except Exception:  # the connection may be gone; the engine keeps the job anyway
+                pass
+            self.link = None
+
+
+def _duration(seconds: float) -> str:
+    seconds = int(seconds)
+    return f"{seconds // 3600}:{seconds // 60 % 60:02d}:{seconds % 60:02d}" if seconds >= 3600 \
+        else f"{seconds // 60}:{seconds % 60:02d}"
+
+
+# -- starting, resuming, importing ------------------------------------------------------------------------
+
+def _read_styles(strip) -> list:
+    slots = strip.vse_style.slots
+    if not slots:
+        raise JobError("Add at least one style painting to the strip (Stylize tab)")
+    if len(slots) > MAX_STYLES:
+        raise JobError(f"At most {MAX_STYLES} styles per strip")
+    styles, names = [], set()
+    for i, slot in enumerate(slots):
+        path = bpy.path.abspath(slot.image)
+        if not slot.image or not os.path.isfile(path):
+            raise JobError(f"Style image missing: slot {i + 1} ({slot.image or 'no file chosen'})")
+        name = os.path.basename(path)
+        while name in names:  # the engine names styles by file name; keep them apart
+            name = f"{i + 1}_{name}"
+        names.add(name)
+        with open(path, "rb") as handle:
+            styles.append((name, handle.read()))
+    return styles
+
+
+def _options(settings) -> dict:
+    return {"mode": "temporal", "iterations": settings.iterations, "first_iterations": 2 * settings.iterations,
+            "temporal_weight": settings.temporal_weight, "preserve_colors": settings.preserve_colors,
+            "flow": settings.flow}
+
+
+def output_folder(scene, strip_name: str, uid: str) -> str:
+    root = scene.vse_style_output or "//stylized/"
+    if root.startswith("//") and not bpy.data.filepath:
+        raise JobError("Save the .blend file first: stylized frames are written beside it "
+                       f"({root}), or set an absolute output folder")
+    return f"{root.rstrip('/')}/{bpy.path.clean_name(strip_name)}/{uid}/"
+
+
+def start(scene, strip, settings, background=False) -> Run:
+    """Validate, then start stylizing ``strip``; the run advances in tick()."""
+    if strip is None:
+        raise JobError("No active strip: select the strip to stylize in the Sequencer")
+    options = strip.vse_style
+    styles = _read_styles(strip)
+    export.check_strip(strip)
+    uid = uuid.uuid4().hex[:8]
+    out_dir = output_folder(scene, strip.name, uid)
+    inputs = tempfile.mkdtemp(prefix="vse_style_")
+    try:
+        exporter = export.Exporter(scene, strip, inputs, options.width)
+    except BaseException:
+        shutil.rmtree(inputs, ignore_errors=True)
+        raise
+    weights = sample_weights(scene, strip, exporter.frames)
+    record = scene.vse_style_jobs.add()
+    record.uid, record.name, record.source, record.state = uid, strip.name, strip.name, "exporting"
+    record.frame_start, record.frame_count = exporter.frames[0], len(exporter.frames)
+    record.channel, record.out_dir = strip.channel, out_dir
+    record.width, record.height = exporter.size
+    record.source_size, record.rendered = exporter.source_size, exporter.rendered
+    record.created = time.time()
+    scene.vse_style_job_index = len(scene.vse_style_jobs) - 1
+    run = Run(scene, record, settings, exporter=exporter, job_request=(styles, weights, _options(options)),
+              background=background)
+    _runs[run.uid] = run
+    ensure_timer()
+    return run
+
+
+def resume(scene, record, settings, background=False) -> Run:
+    """Attach again to a job of this file (after a restart), fetch what is missing, then import."""
+    if record.uid in _runs:
+        return _runs[record.uid]
+    if not record.job_id:
+        raise JobError("This job never reached the engine: stylize the strip again")
+    missing = reimport.missing_frames(record.out_dir, record.frame_count)
+    since = (missing[0] - 1) if missing else record.frame_count  # the engine sends frames after this
+    record.error = ""
+    run = Run(scene, record, settings, since=since, background=background)
+    _runs[run.uid] = run
+    ensure_timer()
+    return run
+
+
+def import_now(scene, record):
+    """Import a finished job's frames (all on disk) as a new strip."""
+    if record is None:
+        raise JobError("The job's record is gone")
+    try:
+        strip = reimport.import_result(scene, record)
+    except reimport.ReimportError as exc:
+        raise JobError(str(exc)) from None
+    record.state = "done"
+    return strip
+
+
+def wait(run, timeout=None):
+    """Drive one run to its end (background mode); returns its error message ('' if it succeeded)."""
+    end = None if timeout is None else time.monotonic() + timeout
+    while run.uid in _runs:
+        if end is not None and time.monotonic() > end:
+            run.fail("Timed out waiting for the engine")
+            break
+        _step(run, time.monotonic() + 0.1, block=True)
+    return run.error
+
+
+# -- the loop ---------------------------------------------------------------------------------------------
+
+def _step(run, deadline, block=False):
+    try:
+        run.step(deadline, block)
+    except (JobError, LinkError, export.ExportError, reimport.ReimportError) as exc:
+        run.fail(str(exc))
+    except Exception as exc:  # a bug or an unexpected client error: report it, keep Blender going
+        traceback.print_exc()
+        run.fail(engine_link.explain(exc))
+        if run.link is not None or run.stage == "connect":
+            engine_link.forget_client()
+
+
+def tick(max_seconds: float = 0.02) -> bool:
+    """Advance every run for about ``max_seconds``; True while runs remain."""
+    deadline = time.monotonic() + max_seconds
+    for run in list(_runs.values()):
+        _step(run, deadline)
+    _redraw()
+    return bool(_runs)
+
+
+def _timer():
+    return TIMER_INTERVAL if tick() else None
+
+
+def ensure_timer():
+    if not bpy.app.background and not bpy.app.timers.is_registered(_timer):
+        bpy.app.timers.register(_timer, first_interval=TIMER_INTERVAL, persistent=True)
+
+
+def stop_all():
+    """Forget every run (file loaded, add-on disabled). The engine keeps the jobs: resume them later."""
+    for run in list(_runs.values()):
+        run.close()
+    if bpy.app.timers.is_registered(_timer):
+        bpy.app.timers.unregister(_timer)
+
+
+def _redraw():
+    wm = bpy.context.window_manager
+    for window in (wm.windows if wm else ()):
+        for area in window.screen.areas:
+            if area.type == "SEQUENCE_EDITOR":
+                area.tag_redraw()
+
+
+def notify(message: str, level: str = "INFO"):
+    """Show a message in the status bar and the Info log, also when no operator is running."""
+    print(f"VSE Style Transfer: {message}")
+    wm = bpy.context.window_manager
+    if bpy.app.background or wm is None or not wm.windows:
+        return
+    with bpy.context.temp_override(window=wm.windows[0]):
+        if level == "ERROR":  # an error report from a script call would raise instead of showing
+            wm.popup_menu(lambda menu, _context: menu.layout.label(text=message), title="VSE Style Transfer",
+                          icon='ERROR')
+        try:
+            bpy.ops.vse_style.notify(message=message, level="WARNING" if level == "ERROR" else level)
+        except RuntimeError:
+            pass
+
+
+@bpy.app.handlers.persistent
+def _on_load_pre(_file):
+    stop_all()
+
+
+@bpy.app.handlers.persistent
+def _on_load_post(_file):
+    export.remove_stale_scenes()
+
+
+def register():
+    bpy.app.handlers.load_pre.append(_on_load_pre)
+    bpy.app.handlers.load_post.append(_on_load_post)
+
+
+def unregister():
+    stop_all()
+    for handlers, handler in ((bpy.app.handlers.load_pre, _on_load_pre),
+                              (bpy.app.handlers.load_post, _on_load_post)):
+        if handler in handlers:
+            handlers.remove(handler)

@@ -1,0 +1,133 @@
+"""Data the add-on stores in the .blend: style slots and options per strip, jobs per scene.
+
+Style weights are plain float properties registered directly on the strip class
+(``strip.vse_style_w0`` ...): Blender can only keyframe properties it can build an animation path to,
+and property groups hung on a strip have none. Directly on the strip they animate like opacity does:
+I over the field, the dope sheet and graph editor work, and renaming or moving the strip carries its
+keys along.
+"""
+import bpy
+from bpy.props import (BoolProperty, CollectionProperty, EnumProperty, FloatProperty, IntProperty,
+                       PointerProperty, StringProperty)
+
+from .compat import RELATIVE_PATH, STRIP_TYPE
+
+MAX_STYLES = 16  # the engine's default max_styles
+OUTPUT_DIR = "//stylized/"
+
+PRESETS = {  # quality preset -> the options it sets (the editor may change them afterwards)
+    "PREVIEW": {"width": 480, "iterations": 100},
+    "FINAL": {"width": 0, "iterations": 1000},
+}
+
+
+def weight_prop(index: int) -> str:
+    """Name of the strip property holding style slot ``index``'s weight."""
+    return f"vse_style_w{index}"
+
+
+class VSE_STYLE_PG_slot(bpy.types.PropertyGroup):
+    image: StringProperty(name="Painting", subtype='FILE_PATH', options=RELATIVE_PATH,
+                          description="Image file of the style painting")
+
+
+def _apply_preset(self, _context):
+    for key, value in PRESETS[self.preset].items():
+        setattr(self, key, value)
+
+
+class VSE_STYLE_PG_strip(bpy.types.PropertyGroup):
+    slots: CollectionProperty(type=VSE_STYLE_PG_slot)
+    active_slot: IntProperty(name="Active Style")
+    preset: EnumProperty(
+        name="Quality", default="PREVIEW", update=_apply_preset,
+        items=[("PREVIEW", "Preview", "Small and fast: 480 px wide, 100 iterations per frame"),
+               ("FINAL", "Final", "Source resolution, 1000 iterations per frame (2000 for the first)")])
+    width: IntProperty(name="Width", default=480, min=0, max=8192, subtype='PIXEL',
+                       description="Processing width in pixels (0: the source's own); the height keeps "
+                                   "the aspect ratio")
+    iterations: IntProperty(name="Iterations", default=100, min=1, max=100000,
+                            description="Optimizer iterations per frame (the first frame gets twice as many)")
+    temporal_weight: FloatProperty(name="Temporal Weight", default=1000.0, min=0.0, soft_max=10000.0,
+                                   description="How strongly each frame follows the previous stylized "
+                                               "frames along the optical flow (less flicker)")
+    preserve_colors: BoolProperty(name="Preserve Colors", default=False,
+                                  description="Transfer the painting's brush work only, keep the footage's "
+                                              "colours")
+    flow: EnumProperty(
+        name="Flow", default="dis",
+        items=[("dis", "DIS", "OpenCV DIS optical flow: fast on the CPU"),
+               ("farneback", "Farneback", "OpenCV Farneback optical flow"),
+               ("raft", "RAFT", "torchvision RAFT (needs its weights on the engine machine)")])
+
+
+class VSE_STYLE_PG_job(bpy.types.PropertyGroup):
+    """One stylize job of this file, kept so it can be re-imported or resumed after a restart."""
+    uid: StringProperty()          # local id, known before the engine assigns job_id
+    job_id: StringProperty()       # the engine's id ("" until the engine accepted the job)
+    name: StringProperty()         # label: the source strip's name when submitted
+    source: StringProperty()       # source strip name (renames are followed while Blender runs)
+    state: StringProperty(default="exporting")
+    frame_start: IntProperty()     # first scene frame of the source's visible range
+    frame_count: IntProperty()
+    channel: IntProperty()         # the source's channel
+    out_dir: StringProperty(subtype='DIR_PATH', options=RELATIVE_PATH)  # stylized frames: //stylized/...
+    width: IntProperty()
+    height: IntProperty()
+    source_size: bpy.props.IntVectorProperty(size=2)  # source media pixels, to place the result like it
+    rendered: BoolProperty()       # exported by rendering the sequencer (else read from the source)
+    finished: IntProperty()
+    progress: FloatProperty(min=0.0, max=1.0, subtype='FACTOR')
+    progress_text: StringProperty()
+    error: StringProperty()
+    result: StringProperty()       # name of the imported strip
+    created: FloatProperty()
+
+
+def copy_group(source, target):
+    """Copy every property of a property group (recursively) from ``source`` to ``target``."""
+    for prop in source.bl_rna.properties:
+        name = prop.identifier
+        if name == "rna_type":
+            continue
+        if prop.type == 'COLLECTION':
+            items = getattr(target, name)
+            items.clear()
+            for item in getattr(source, name):
+                copy_group(item, items.add())
+        elif prop.type == 'POINTER':
+            copy_group(getattr(source, name), getattr(target, name))
+        elif not prop.is_readonly:  # declaration order: preset comes before the fields it sets
+            setattr(target, name, getattr(source, name))
+
+
+CLASSES = (VSE_STYLE_PG_slot, VSE_STYLE_PG_strip, VSE_STYLE_PG_job)
+
+
+_register_classes, _unregister_classes = bpy.utils.register_classes_factory(CLASSES)
+
+
+def register():
+    _register_classes()
+    STRIP_TYPE.vse_style = PointerProperty(type=VSE_STYLE_PG_strip)
+    for i in range(MAX_STYLES):
+        setattr(STRIP_TYPE, weight_prop(i), FloatProperty(
+            name=f"Style {i + 1} Weight", default=1.0, min=0.0, soft_max=1.0,
+            description="Weight of this painting in the frame's style blend; keyframe it (I) to make "
+                        "style transitions"))
+    scene = bpy.types.Scene
+    scene.vse_style_jobs = CollectionProperty(type=VSE_STYLE_PG_job)
+    scene.vse_style_job_index = IntProperty(name="Active Job")
+    scene.vse_style_output = StringProperty(
+        name="Output", default=OUTPUT_DIR, subtype='DIR_PATH', options=RELATIVE_PATH,
+        description="Folder for stylized frames; '//' is the folder of the .blend file")
+
+
+def unregister():
+    scene = bpy.types.Scene
+    for name in ("vse_style_output", "vse_style_job_index", "vse_style_jobs"):
+        delattr(scene, name)
+    for i in range(MAX_STYLES):
+        delattr(STRIP_TYPE, weight_prop(i))
+    del STRIP_TYPE.vse_style
+    _unregister_classes()

@@ -1,0 +1,128 @@
+"""The Stylize tab of the Sequencer sidebar."""
+import os
+
+import bpy
+
+from . import compat, jobs
+from .props import weight_prop
+
+STATE_ICONS = {"done": 'CHECKMARK', "failed": 'ERROR', "cancelled": 'CANCEL', "interrupted": 'PAUSE'}
+
+
+def _strip(context):
+    scene = compat.sequencer_scene(context)
+    editor = scene.sequence_editor if scene else None
+    return editor.active_strip if editor else None
+
+
+class VSE_STYLE_UL_slots(bpy.types.UIList):
+    """Style slots of the active strip: painting and its (animatable) weight."""
+
+    def draw_item(self, context, layout, data, item, icon, active_data, active_property, index=0, flt_flag=0):
+        strip = _strip(context)
+        row = layout.row(align=True)
+        name = os.path.basename(bpy.path.abspath(item.image)) if item.image else "(choose a painting)"
+        row.label(text=name, icon='IMAGE_DATA')
+        if strip is not None:
+            row.prop(strip, weight_prop(index), text="")
+
+
+class VSE_STYLE_UL_jobs(bpy.types.UIList):
+    """This file's stylize jobs."""
+
+    def draw_item(self, context, layout, data, item, icon, active_data, active_property, index=0, flt_flag=0):
+        state = jobs.display_state(item)
+        row = layout.row()
+        row.label(text=item.name, icon=STATE_ICONS.get(state, 'TIME'))
+        row.label(text=f"{state} {item.finished}/{item.frame_count}")
+
+
+class SidebarPanel:
+    """The Stylize tab of the Sequencer's sidebar (N)."""
+    bl_space_type = 'SEQUENCE_EDITOR'
+    bl_region_type = 'UI'
+    bl_category = "Stylize"
+
+    @classmethod
+    def poll(cls, context):
+        return compat.sequencer_scene(context) is not None
+
+
+class VSE_STYLE_PT_stylize(SidebarPanel, bpy.types.Panel):
+    bl_label = "Stylize"
+
+    def draw(self, context):
+        layout = self.layout
+        strip = _strip(context)
+        if strip is None:
+            layout.label(text="Select a strip to stylize", icon='INFO')
+            return
+        settings = strip.vse_style
+        layout.label(text=strip.name, icon='SEQUENCE')
+        row = layout.row()
+        row.template_list("VSE_STYLE_UL_slots", "", settings, "slots", settings, "active_slot", rows=3)
+        buttons = row.column(align=True)
+        buttons.operator("vse_style.slot_add", icon='ADD', text="")
+        buttons.operator("vse_style.slot_remove", icon='REMOVE', text="")
+        buttons.separator()
+        buttons.operator("vse_style.slot_move", icon='TRIA_UP', text="").direction = 'UP'
+        buttons.operator("vse_style.slot_move", icon='TRIA_DOWN', text="").direction = 'DOWN'
+        if 0 <= settings.active_slot < len(settings.slots):
+            layout.prop(settings.slots[settings.active_slot], "image")
+        run = jobs.active_run(strip.name)
+        record = jobs.find_record(compat.sequencer_scene(context), run.uid) if run else None
+        if record is not None:
+            row = layout.row(align=True)
+            row.progress(factor=record.progress, type='BAR', text=record.progress_text or record.state)
+            row.operator("vse_style.cancel", icon='CANCEL', text="").uid = record.uid
+        else:
+            layout.operator("vse_style.stylize", icon='BRUSH_DATA')
+
+
+class VSE_STYLE_PT_options(SidebarPanel, bpy.types.Panel):
+    bl_label = "Options"
+    bl_parent_id = "VSE_STYLE_PT_stylize"
+
+    @classmethod
+    def poll(cls, context):
+        return _strip(context) is not None
+
+    def draw(self, context):
+        layout = self.layout
+        layout.use_property_split = True
+        settings = _strip(context).vse_style
+        layout.row().prop(settings, "preset", expand=True)
+        for name in ("width", "iterations", "temporal_weight", "preserve_colors", "flow"):
+            layout.prop(settings, name)
+        layout.prop(compat.sequencer_scene(context), "vse_style_output")
+
+
+class VSE_STYLE_PT_jobs(SidebarPanel, bpy.types.Panel):
+    bl_label = "Jobs"
+
+    def draw(self, context):
+        layout = self.layout
+        scene = compat.sequencer_scene(context)
+        layout.template_list("VSE_STYLE_UL_jobs", "", scene, "vse_style_jobs", scene, "vse_style_job_index", rows=3)
+        index = scene.vse_style_job_index
+        if not 0 <= index < len(scene.vse_style_jobs):
+            return
+        record = scene.vse_style_jobs[index]
+        state = jobs.display_state(record)
+        if jobs.get_run(record.uid) is not None:
+            layout.progress(factor=record.progress, type='BAR', text=record.progress_text or state)
+        if record.error:
+            layout.label(text=record.error, icon='ERROR')
+        row = layout.row(align=True)
+        if state == "done":
+            row.operator("vse_style.job_import", icon='IMPORT').uid = record.uid
+        elif state == "interrupted":
+            row.operator("vse_style.job_resume", icon='PLAY').uid = record.uid
+        elif state not in jobs.FINAL_STATES:
+            row.operator("vse_style.cancel", icon='CANCEL').uid = record.uid
+        row.operator("vse_style.job_remove", icon='X', text="").uid = record.uid
+
+
+CLASSES = (VSE_STYLE_UL_slots, VSE_STYLE_UL_jobs, VSE_STYLE_PT_stylize, VSE_STYLE_PT_options, VSE_STYLE_PT_jobs)
+
+register, unregister = bpy.utils.register_classes_factory(CLASSES)

@@ -1,0 +1,773 @@
+"""Cases run inside a fresh bpy process by bpy_case.py; each returns what the test asserts on.
+
+Media is made here (numpy PNGs, an OpenCV movie) so the cases need nothing from outside.
+"""
+import os
+import sys
+import time
+
+import bpy
+import cv2
+import numpy as np
+
+import bpy_case
+
+ADDON = bpy_case.ADDON
+
+
+def addon():
+    return sys.modules[ADDON]
+
+
+# -- helpers ---------------------------------------------------------------------------------------------
+
+def write_pngs(folder, count, width=40, height=30, seed=0):
+    """Random RGB frames with their index drawn in, as PNG files f000.png ...; returns the arrays (RGB)."""
+    os.makedirs(folder, exist_ok=True)
+    rng = np.random.default_rng(seed)
+    frames = []
+    for i in range(count):
+        rgb = rng.integers(0, 256, (height, width, 3), dtype=np.uint8)
+        cv2.imwrite(os.path.join(folder, f"f{i:03d}.png"), cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR))
+        frames.append(rgb)
+    return frames
+
+
+def write_movie(path, count, width=64, height=48):
+    """An MJPG movie whose frame i has a bright bar at x = 6 i and grey level 20 i (RGB arrays returned)."""
+    writer = cv2.VideoWriter(path, cv2.VideoWriter_fourcc(*"MJPG"), 25, (width, height))
+    frames = []
+    for i in range(count):
+        rgb = np.full((height, width, 3), 20 * i, np.uint8)
+        rgb[:, 6 * i:6 * i + 6] = (255, 200, 0)
+        writer.write(cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR))
+        frames.append(rgb)
+    writer.release()
+    return frames
+
+
+def write_style(path, seed=1):
+    rng = np.random.default_rng(seed)
+    img = (rng.integers(0, 2, (32, 32, 1)) * np.array([[[40, 200, 240]]])).astype(np.uint8)
+    cv2.imwrite(path, img)
+    return path
+
+
+def read_rgb(path):
+    return cv2.cvtColor(cv2.imread(path, cv2.IMREAD_COLOR), cv2.COLOR_BGR2RGB)
+
+
+def strips():
+    return addon().compat.strips(bpy.context.scene.sequence_editor_create())
+
+
+def image_strip(folder, count, name="clip", channel=1, frame_start=1):
+    names = sorted(n for n in os.listdir(folder) if n.endswith(".png"))[:count]
+    strip = strips().new_image(name=name, filepath=os.path.join(folder, names[0]), channel=channel,
+                               frame_start=frame_start)
+    for n in names[1:]:
+        strip.elements.append(n)
+    return strip
+
+
+def key(strip, index, frame, value, interpolation="LINEAR"):
+    """Keyframe style weight ``index`` of ``strip`` like pressing I over the field."""
+    prop = addon().props.weight_prop(index)
+    setattr(strip, prop, value)
+    assert strip.keyframe_insert(prop, frame=frame)
+    curve = addon().compat.find_fcurve(bpy.context.scene, f"{strip.path_from_id()}.{prop}")
+    for point in curve.keyframe_points:
+        point.interpolation = interpolation
+    return curve
+
+
+def add_slots(strip, paths):
+    for path in paths:
+        strip.vse_style.slots.add().image = path
+
+
+def save_blend(folder):
+    path = os.path.join(folder, "edit.blend")
+    bpy.ops.wm.save_as_mainfile(filepath=path)
+    return path
+
+
+def strip_state(strip):
+    """What 'untouched' means for a source strip."""
+    return {"name": strip.name, "channel": strip.channel, "frame_start": strip.frame_start,
+            "final": [strip.frame_final_start, strip.frame_final_end],
+            "offsets": [strip.frame_offset_start, strip.frame_offset_end], "mute": strip.mute,
+            "slots": [s.image for s in strip.vse_style.slots],
+            "transform": [strip.transform.scale_x, strip.transform.offset_x]}
+
+
+def weight_curves(strip):
+    """{slot index: [(frame, value), ...]} of the strip's weight F-curves."""
+    result = {}
+    for i in range(len(strip.vse_style.slots)):
+        curve = addon().keyframes.weight_curve(bpy.context.scene, strip, i)
+        if curve is not None:
+            result[i] = [tuple(round(v, 4) for v in p.co) for p in curve.keyframe_points]
+    return result
+
+
+def call(operator, *args, **kwargs):
+    """Run an operator; returns (result set, error message or '')."""
+    try:
+        return sorted(operator(*args, **kwargs)), ""
+    except RuntimeError as exc:
+        return [], str(exc)
+
+
+# -- cases ------------------------------------------------------------------------------------------------
+
+def register_cycle():
+    import addon_utils
+    bpy_case.enable()
+    strip_type = addon().compat.STRIP_TYPE
+    first = {"panel": hasattr(bpy.types, "VSE_STYLE_PT_stylize"),
+             "operator": hasattr(bpy.ops.vse_style, "stylize") and bpy.ops.vse_style.stylize.poll(),
+             "strip_props": hasattr(strip_type, "vse_style") and hasattr(strip_type, "vse_style_w15"),
+             "scene_props": hasattr(bpy.types.Scene, "vse_style_jobs")}
+    addon_utils.disable(ADDON, default_set=True)
+    after = {"panel": hasattr(bpy.types, "VSE_STYLE_PT_stylize"),
+             "strip_props": hasattr(strip_type, "vse_style") or hasattr(strip_type, "vse_style_w0"),
+             "scene_props": hasattr(bpy.types.Scene, "vse_style_jobs"),
+             "handlers": [h.__name__ for h in bpy.app.handlers.load_pre if h.__module__.startswith(ADDON)]}
+    bpy_case.enable()
+    again = hasattr(bpy.types, "VSE_STYLE_PT_stylize")
+    return {"registered": first, "unregistered": after, "again": again, "torch": "torch" in sys.modules,
+            "version": bpy.app.version_string}
+
+
+def weight_sampling(tmp):
+    bpy_case.enable()
+    write_pngs(tmp, 10)
+    strip = image_strip(tmp, 10, frame_start=20)          # frames 20..29
+    strip.frame_offset_start, strip.frame_offset_end = 2, 3  # visible 22..26
+    add_slots(strip, ["a.png", "b.png", "c.png"])
+    key(strip, 0, 22, 0.0)
+    key(strip, 0, 26, 1.0)
+    strip.vse_style_w1 = 0.5                               # not animated: its static value
+    curve = key(strip, 2, 22, 0.0)
+    key(strip, 2, 26, 0.0)
+    curve.keyframe_points[0].co[1] = -0.5                  # an F-curve may go below 0: sent as 0
+    curve.update()
+    sample = addon().keyframes.sample_weights
+    scene = bpy.context.scene
+    frames = list(addon().export.frame_range(strip))
+    before = sample(scene, strip, frames)
+    strip.frame_start += 10                                # moving a strip moves its keys with it
+    moved_frames = list(addon().export.frame_range(strip))
+    after = sample(scene, strip, moved_frames)
+    return {"frames": frames, "weights": before, "moved_frames": moved_frames, "moved_weights": after}
+
+
+def slot_edit(tmp):
+    bpy_case.enable()
+    write_pngs(tmp, 3)
+    strip = image_strip(tmp, 3)
+    bpy.context.scene.sequence_editor.active_strip = strip
+    add_slots(strip, ["a.png", "b.png", "c.png"])
+    for i in range(3):
+        key(strip, i, 1, 0.1 * (i + 1))
+        key(strip, i, 3, 0.2 * (i + 1))
+    strip.vse_style.active_slot = 1
+    bpy.ops.vse_style.slot_remove()
+    removed = {"slots": [s.image for s in strip.vse_style.slots], "curves": weight_curves(strip),
+               "stale": addon().compat.find_fcurve(bpy.context.scene,
+                                                   f"{strip.path_from_id()}.vse_style_w2") is not None}
+    strip.vse_style.active_slot = 1
+    bpy.ops.vse_style.slot_move(direction="UP")
+    moved = {"slots": [s.image for s in strip.vse_style.slots], "curves": weight_curves(strip),
+             "active": strip.vse_style.active_slot}
+    style = write_style(os.path.join(tmp, "style.png"))
+    bpy.ops.vse_style.slot_add(filepath=style)
+    added = {"slots": len(strip.vse_style.slots), "weight": strip.vse_style_w2, "active": strip.vse_style.active_slot}
+    return {"removed": removed, "moved": moved, "added": added}
+
+
+def export_image(tmp):
+    bpy_case.enable()
+    frames = write_pngs(os.path.join(tmp, "src"), 6)
+    strip = image_strip(os.path.join(tmp, "src"), 6, frame_start=5)  # frames 5..10
+    strip.frame_offset_start, strip.frame_offset_end = 1, 2            # visible 6..8: elements 1..3
+    strip.transform.scale_x, strip.use_flip_x = 2.0, True              # placement is not baked in
+    scene = bpy.context.scene
+    view = scene.view_settings.view_transform
+    Exporter = addon().export.Exporter
+    full = Exporter(scene, strip, os.path.join(tmp, "full"), 0)
+    full_paths = full.run()
+    small = Exporter(scene, strip, os.path.join(tmp, "small"), 24)
+    small_paths = small.run()
+    bpy.ops.ed.undo_push(message="before export")
+    interrupted = Exporter(scene, strip, os.path.join(tmp, "undone"), 0)
+    interrupted.step()
+    bpy.ops.ed.undo_push(message="editing meanwhile")
+    bpy.ops.ed.undo()  # back to before the export started: its temporary scene is gone
+    temp_gone = bpy.data.scenes.get(interrupted.temp_name) is None
+    undone_paths = interrupted.run()
+    def max_diff(paths):  # against source elements 1..3 (the trimmed range)
+        return [int(np.abs(read_rgb(p).astype(int) - frames[i + 1]).max()) for i, p in enumerate(paths)]
+
+    return {"temp_gone": temp_gone, "undone_diff": max_diff(undone_paths),
+            "rendered": full.rendered, "size": list(full.size), "small_size": list(small.size),
+            "names": [os.path.basename(p) for p in full_paths], "max_diff": max_diff(full_paths),
+            "small_shape": list(read_rgb(small_paths[0]).shape),
+            "view_transform_kept": bpy.context.scene.view_settings.view_transform == view,
+            "scenes": len(bpy.data.scenes)}
+
+
+def export_movie(tmp):
+    """An OpenCV-made movie, started at frame 3 and trimmed: which source frames come out, and how exactly."""
+    bpy_case.enable()
+    movie = os.path.join(tmp, "clip.avi")
+    write_movie(movie, 8)
+    reference = []
+    capture = cv2.VideoCapture(movie)
+    while True:
+        ok, bgr = capture.read()
+        if not ok:
+            break
+        reference.append(cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB))
+    strip = strips().new_movie(name="movie", filepath=movie, channel=1, frame_start=3)
+    strip.frame_offset_start, strip.frame_offset_end = 2, 1
+    visible = list(addon().export.frame_range(strip))
+    exporter = addon().export.Exporter(bpy.context.scene, strip, os.path.join(tmp, "out"), 32)
+    paths = exporter.run()
+    size = tuple(exporter.size)
+    matches, diffs = [], []
+    for path in paths:  # which source frame does each exported frame look like?
+        image = read_rgb(path).astype(float)
+        errors = [np.abs(image - cv2.resize(ref, size, interpolation=cv2.INTER_AREA)).mean() for ref in reference]
+        matches.append(int(np.argmin(errors)))
+        diffs.append(float(min(errors)))
+    return {"rendered": exporter.rendered, "visible": visible, "size": list(size), "matches": matches,
+            "mean_diff": diffs, "source_frames": len(reference)}
+
+
+def export_footage(tmp, movie):
+    """Real footage, trimmed to 4 frames deep inside: the export equals what the Sequencer shows there
+    (the scene rendered at the movie's size with the 'Standard' view)."""
+    bpy_case.enable()
+    scene = bpy.context.scene
+    strip = strips().new_movie(name="footage", filepath=movie, channel=1, frame_start=-7)
+    strip.frame_offset_start = 50
+    strip.frame_offset_end = strip.frame_duration - 54
+    visible = list(addon().export.frame_range(strip))
+    exporter = addon().export.Exporter(scene, strip, os.path.join(tmp, "out"), 0)
+    paths = exporter.run()
+    width, height = exporter.size
+    scene.render.resolution_x, scene.render.resolution_y, scene.render.resolution_percentage = width, height, 100
+    scene.view_settings.view_transform, scene.render.dither_intensity = "Standard", 0.0
+    scene.render.image_settings.color_mode = "RGB"
+    scene.frame_start, scene.frame_end = visible[0], visible[-1]
+    scene.render.filepath = os.path.join(tmp, "shown", "f_")
+    bpy.ops.render.render(animation=True)
+    diffs = [float(np.abs(read_rgb(p).astype(int) - read_rgb(scene.render.frame_path(frame=f))).mean())
+             for p, f in zip(paths, visible)]
+    neighbours = [float(np.abs(read_rgb(a).astype(int) - read_rgb(b)).mean()) for a, b in zip(paths, paths[1:])]
+    return {"rendered": exporter.rendered, "visible": visible, "size": [width, height], "diffs": diffs,
+            "neighbour_diffs": neighbours}
+
+
+def export_rendered(tmp):
+    """Strips that are rendered through the sequencer: colour, scene, and a movie with a modifier."""
+    bpy_case.enable()
+    scene = bpy.context.scene
+    scene.render.resolution_x, scene.render.resolution_y, scene.render.resolution_percentage = 64, 48, 100
+    compat = addon().compat
+    colour = compat.new_effect(strips(), "colour", "COLOR", channel=2, frame_start=1, length=4)
+    colour.color = (0.5, 0.25, 1.0)
+    cover = compat.new_effect(strips(), "cover", "COLOR", channel=3, frame_start=1, length=4)
+    cover.color = (0.0, 1.0, 0.0)  # above the colour strip: muted for its export
+    other = bpy.data.scenes.new("Other")
+    inner = compat.new_effect(compat.strips(other.sequence_editor_create()), "inner", "COLOR", channel=1,
+                              frame_start=1, length=10)
+    inner.color = (1.0, 0.5, 0.0)
+    scene_strip = strips().new_scene(name="shot", scene=other, channel=4, frame_start=10)
+    scene_strip.scene_input = "SEQUENCER"
+    movie = os.path.join(tmp, "clip.avi")
+    write_movie(movie, 4)
+    graded = strips().new_movie(name="graded", filepath=movie, channel=5, frame_start=20)
+    graded.modifiers.new(name="bc", type="BRIGHT_CONTRAST").bright = 0.0
+    view, count = scene.view_settings.view_transform, len(bpy.data.scenes)
+    Exporter = addon().export.Exporter
+    result = {}
+    for strip in (colour, scene_strip, graded):
+        exporter = Exporter(scene, strip, os.path.join(tmp, strip.name), 32)
+        paths = exporter.run()
+        pixels = read_rgb(paths[0]).reshape(-1, 3)
+        result[strip.name] = {"rendered": exporter.rendered, "count": len(paths), "size": list(exporter.size),
+                              "min": pixels.min(0).tolist(), "max": pixels.max(0).tolist()}
+    result["view_transform_kept"] = scene.view_settings.view_transform == view
+    result["scenes_left"] = len(bpy.data.scenes) - count
+    result["cover_muted_after"] = cover.mute
+    return result
+
+
+def _finished_job(tmp, count_frames=5):
+    """A saved file with a trimmed source strip, keyed weights, a strip in the way on the channel above,
+    and a job record whose stylized frames are on disk (as the engine would have left them)."""
+    bpy_case.enable()
+    write_pngs(os.path.join(tmp, "src"), 8)
+    save_blend(tmp)
+    scene = bpy.context.scene
+    source = image_strip(os.path.join(tmp, "src"), 8, name="shot", channel=2, frame_start=9)  # 9..16
+    source.frame_offset_start, source.frame_offset_end = 2, 1                                   # 11..15
+    addon().compat.new_effect(strips(), "title", "COLOR", channel=3, frame_start=14, length=5)  # in the way
+    addon().compat.new_effect(strips(), "later", "COLOR", channel=4, frame_start=30, length=5)  # not in the way
+    write_style(os.path.join(tmp, "a.png"), 1)
+    write_style(os.path.join(tmp, "b.png"), 2)
+    add_slots(source, ["//a.png", "//b.png"])
+    key(source, 0, 11, 1.0)
+    key(source, 0, 15, 0.0)
+    key(source, 1, 11, 0.0, "BEZIER")
+    key(source, 1, 15, 1.0, "BEZIER")
+    record = scene.vse_style_jobs.add()
+    record.uid, record.job_id, record.name, record.source, record.state = "u1", "job1", "shot", "shot", "done"
+    record.frame_start, record.frame_count, record.channel = 11, count_frames, 2
+    record.out_dir, record.width, record.height = "//stylized/shot/u1/", 20, 15
+    record.source_size, record.rendered = (40, 30), False
+    out = bpy.path.abspath(record.out_dir)
+    os.makedirs(out)
+    for i, rgb in enumerate(write_pngs(os.path.join(tmp, "fake"), count_frames, 20, 15, seed=5), 1):
+        cv2.imwrite(os.path.join(out, f"frame_{i:06d}.png"), cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR))
+    return scene, source, record
+
+
+def reimport(tmp):
+    scene, source, record = _finished_job(tmp)
+    before = strip_state(source)
+    source_curves = weight_curves(source)
+    names_before = sorted(s.name for s in strips())
+    bpy.ops.ed.undo_push(message="before import")
+    result, error = call(bpy.ops.vse_style.job_import, "EXEC_DEFAULT", True, uid="u1")  # as from a button
+    scene = bpy.context.scene
+    editor = scene.sequence_editor
+    new = addon().compat.strips_all(editor).get(scene.vse_style_jobs[0].result)
+    source = addon().compat.strips_all(editor)["shot"]
+    sample = addon().keyframes.sample_weights
+    frames = list(range(11, 16))
+    report = {"result": result, "error": error, "name": new.name, "type": new.type, "channel": new.channel,
+              "range": [new.frame_final_start, new.frame_final_end], "directory": new.directory,
+              "elements": [e.filename for e in new.elements],
+              "scale": [round(new.transform.scale_x, 4), round(new.transform.scale_y, 4)],
+              "source_curves": source_curves, "new_curves": weight_curves(new),
+              "slots": [s.image for s in new.vse_style.slots],
+              "weights_source": sample(scene, source, frames), "weights_new": sample(scene, new, frames),
+              "source_before": before, "source_after": strip_state(source), "active": editor.active_strip.name}
+    bpy.ops.ed.undo()
+    report["after_undo"] = sorted(s.name for s in strips())
+    bpy.ops.ed.redo()
+    report["after_redo"] = sorted(s.name for s in strips())
+    report["names_before"] = names_before
+    return report
+
+
+def reimport_missing_frames(tmp):
+    scene, source, record = _finished_job(tmp)
+    os.remove(os.path.join(bpy.path.abspath(record.out_dir), "frame_000003.png"))
+    record.state = "failed"  # nothing to resume from: a clear message, no strip
+    result, error = call(bpy.ops.vse_style.job_import, uid="u1")
+    return {"result": result, "error": error, "strips": sorted(s.name for s in strips())}
+
+
+def jobs_persist(tmp):
+    scene, source, record = _finished_job(tmp)
+    running = scene.vse_style_jobs.add()
+    running.uid, running.job_id, running.name, running.state, running.frame_count = "u2", "job2", "shot", "running", 5
+    bpy.ops.wm.save_mainfile()
+    bpy.ops.wm.open_mainfile(filepath=bpy.data.filepath)
+    scene = bpy.context.scene
+    jobs = addon().jobs
+    source = addon().compat.strips_all(scene.sequence_editor)["shot"]
+    return {"records": [{"uid": r.uid, "job_id": r.job_id, "state": jobs.display_state(r), "out_dir": r.out_dir,
+                         "frames": [r.frame_start, r.frame_count], "size": [r.width, r.height]}
+                        for r in scene.vse_style_jobs],
+            "slots": [s.image for s in source.vse_style.slots], "curves": weight_curves(source)}
+
+
+def stylize_errors(tmp, free_port):
+    """Every way Stylize can refuse, each with its message (RuntimeError text of bpy.ops) and no traceback."""
+    prefs = bpy_case.enable()
+    scene = bpy.context.scene
+    stylize = bpy.ops.vse_style.stylize
+    messages = {}
+    messages["no_strip"] = call(stylize)[1]
+    import wave
+    sound_path = os.path.join(tmp, "tone.wav")
+    with wave.open(sound_path, "wb") as w:
+        w.setnchannels(1), w.setsampwidth(2), w.setframerate(8000), w.writeframes(b"\0\0" * 8000)
+    style = write_style(os.path.join(tmp, "style.png"))
+    try:
+        sound = strips().new_sound(name="tone", filepath=sound_path, channel=1, frame_start=1)
+    except RuntimeError:  # the bpy 4.2 wheel has no audio support
+        messages["sound"] = None
+    else:
+        sound.vse_style.slots.add().image = style
+        scene.sequence_editor.active_strip = sound
+        messages["sound"] = call(stylize)[1]
+    write_pngs(os.path.join(tmp, "src"), 3)
+    strip = image_strip(os.path.join(tmp, "src"), 3, channel=2)
+    scene.sequence_editor.active_strip = strip
+    messages["no_styles"] = call(stylize)[1]
+    strip.vse_style.slots.add().image = os.path.join(tmp, "nowhere.jpg")
+    messages["style_missing"] = call(stylize)[1]
+    strip.vse_style.slots[0].image = style
+    messages["unsaved"] = call(stylize)[1]
+    save_blend(tmp)
+    prefs.engine_mode, prefs.python = "LOCAL", ""
+    messages["no_python"] = call(stylize)[1]
+    prefs.engine_mode, prefs.address, prefs.timeout = "REMOTE", f"tcp://127.0.0.1:{free_port}", 1.0
+    started = time.monotonic()
+    messages["engine_down"] = call(stylize)[1]
+    seconds = time.monotonic() - started
+    test = call(bpy.ops.vse_style.test_connection)
+    records = [(r.state, r.error) for r in bpy.context.scene.vse_style_jobs]
+    return {"messages": messages, "records": records, "engine_down_seconds": seconds, "version": bpy.app.version[:2],
+            "test_connection": test[1], "status": prefs.status,
+            "temp_scenes": [s.name for s in bpy.data.scenes if s.name.startswith(".vse_style")]}
+
+
+# -- with a real engine ------------------------------------------------------------------------------------
+
+def _clip_scene(tmp, width=48, height=36):
+    """A saved file: 5 source PNGs on channel 1 from frame 5, trimmed to frames 6..8, two styles (the
+    first keyed 1 -> 0, the second fixed at 0.5), a colour strip on channel 2 over frames 7..11."""
+    frames = write_pngs(os.path.join(tmp, "src"), 5, width, height)
+    scene = bpy.context.scene
+    scene.render.resolution_x, scene.render.resolution_y = 64, 48
+    source = image_strip(os.path.join(tmp, "src"), 5, name="shot", channel=1, frame_start=5)
+    source.frame_offset_start, source.frame_offset_end = 1, 1
+    addon().compat.new_effect(strips(), "title", "COLOR", channel=2, frame_start=7, length=5)
+    add_slots(source, [write_style(os.path.join(tmp, "s1.png"), 1), write_style(os.path.join(tmp, "s2.png"), 2)])
+    key(source, 0, 6, 1.0)
+    key(source, 0, 8, 0.0)
+    source.vse_style_w1 = 0.5
+    options = source.vse_style
+    options.width, options.iterations = width, 2
+    scene.sequence_editor.active_strip = source
+    save_blend(tmp)
+    return scene, source, frames
+
+
+def _job_dir(jobs_dir, job_id):
+    import json
+    path = os.path.join(jobs_dir, job_id, "job.json")
+    with open(path) as handle:
+        return json.load(handle)
+
+
+def _new_strip_report(scene, record):
+    editor = scene.sequence_editor
+    compat = addon().compat
+    new = compat.strips_all(editor).get(record.result) if record.result else None
+    folder = bpy.path.abspath(record.out_dir)
+    files = sorted(os.listdir(folder)) if os.path.isdir(folder) else []
+    source = compat.strips_all(editor)["shot"]
+    return {"state": record.state, "error": record.error, "job_id": record.job_id, "result": record.result,
+            "channel": new.channel if new else None,
+            "range": [new.frame_final_start, new.frame_final_end] if new else None,
+            "files": files, "shape": list(read_rgb(os.path.join(folder, files[0])).shape) if files else None,
+            "source": strip_state(source), "source_curves": weight_curves(source),
+            "new_curves": weight_curves(new) if new else None,
+            "strips": sorted(s.name for s in compat.strips(editor))}
+
+
+def roundtrip_local(tmp, port):
+    """Stylize in background mode with a Local engine the add-on starts itself."""
+    prefs = bpy_case.enable()
+    prefs.engine_mode, prefs.python, prefs.port = "LOCAL", sys.executable, port
+    prefs.jobs_dir, prefs.timeout = os.path.join(tmp, "jobs"), 30.0
+    scene, source, frames = _clip_scene(tmp)
+    before = strip_state(source)
+    test = call(bpy.ops.vse_style.test_connection)
+    status = prefs.status
+    started = time.monotonic()
+    result, error = call(bpy.ops.vse_style.stylize)
+    seconds = time.monotonic() - started
+    record = scene.vse_style_jobs[0]
+    report = _new_strip_report(scene, record)
+    job = _job_dir(prefs.jobs_dir, record.job_id)
+    inputs = os.path.join(prefs.jobs_dir, record.job_id, "input")
+    report.update(op=result, op_error=error, seconds=seconds, test_connection=test, status=status,
+                  before=before, weights=job["spec"]["weights"], options=job["spec"]["options"],
+                  size=[job["spec"]["width"], job["spec"]["height"]], name=job["spec"].get("name"),
+                  inputs_equal=[bool(np.array_equal(read_rgb(os.path.join(inputs, f"frame_{i:06d}.png")), frames[i]))
+                                for i in (1, 2, 3)],
+                  engine_pid=addon().engine_link.local_pid(), torch="torch" in sys.modules,
+                  temp_scenes=[s.name for s in bpy.data.scenes if s.name.startswith(".vse_style")])
+    return report
+
+
+def _remote(prefs, address):
+    prefs.engine_mode, prefs.address, prefs.timeout = "REMOTE", address, 20.0
+
+
+def _tick_until(predicate, timeout=120.0):
+    jobs = addon().jobs
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        jobs.tick(0.05)
+        if predicate():
+            return True
+        time.sleep(0.01)
+    return False
+
+
+def cancel(tmp, address):
+    """The UI path (timer-driven tick) with a long job, cancelled once it runs."""
+    prefs = bpy_case.enable()
+    _remote(prefs, address)
+    scene, source, frames = _clip_scene(tmp)
+    source.vse_style.iterations = 500
+    result, error = call(bpy.ops.vse_style.stylize, wait=False)
+    jobs = addon().jobs
+    record = lambda: bpy.context.scene.vse_style_jobs[0]  # noqa: E731 (RNA pointers go stale)
+    running = _tick_until(lambda: record().progress_text.startswith("Frame "))
+    progress_text = record().progress_text
+    started = time.monotonic()
+    cancelled = call(bpy.ops.vse_style.cancel, uid=record().uid)
+    ended = _tick_until(lambda: not jobs.busy(), timeout=60)
+    seconds = time.monotonic() - started
+    client = addon().engine_link.client_module().EngineClient(address, timeout=10)
+    try:
+        engine_state = client.status(record().job_id)["state"]
+    finally:
+        client.close()
+    report = _new_strip_report(bpy.context.scene, record())
+    report.update(op=result, op_error=error, running=running, progress_text=progress_text, cancelled=cancelled,
+                  ended=ended, seconds=seconds, engine_state=engine_state)
+    return report
+
+
+def reattach(tmp, address):
+    """Submit, close the file mid-job, reopen it once the engine has finished, then resume the job."""
+    prefs = bpy_case.enable()
+    _remote(prefs, address)
+    scene, source, frames = _clip_scene(tmp)
+    call(bpy.ops.vse_style.stylize, wait=False)
+    jobs = addon().jobs
+    record = lambda: bpy.context.scene.vse_style_jobs[0]  # noqa: E731
+    uploaded = _tick_until(lambda: record().state in ("queued", "running"))
+    uid, job_id = record().uid, record().job_id
+    bpy.ops.wm.save_mainfile()
+    bpy.ops.wm.open_mainfile(filepath=bpy.data.filepath)  # the runs end with the old file
+    state_after_reload = jobs.display_state(record())
+    busy_after_reload = jobs.busy()
+    client = addon().engine_link.client_module().EngineClient(address, timeout=10)
+    try:
+        end = time.monotonic() + 120
+        while client.status(job_id)["state"] != "done" and time.monotonic() < end:
+            time.sleep(0.1)
+        engine_state = client.status(job_id)["state"]
+    finally:
+        client.close()
+    import shutil
+    shutil.rmtree(bpy.path.abspath(record().out_dir), ignore_errors=True)  # frames come from the engine
+    names_before = sorted(s.name for s in strips())
+    bpy.ops.ed.undo_push(message="before resume")
+    resumed = call(bpy.ops.vse_style.job_resume, uid=uid, wait=False)  # the UI's way: the timer ticks
+    finished = _tick_until(lambda: not jobs.busy())
+    report = _new_strip_report(bpy.context.scene, record())
+    bpy.ops.ed.undo()  # the import is one undo step of its own
+    after_undo = sorted(s.name for s in strips())
+    report.update(uploaded=uploaded, state_after_reload=state_after_reload, busy_after_reload=busy_after_reload,
+                  engine_state=engine_state, resumed=resumed, finished=finished, same_job=record().job_id == job_id,
+                  names_before=names_before, after_undo=after_undo)
+    return report
+
+
+def version_mismatch(tmp, port):
+    """An engine of another protocol version: the add-on says so instead of failing obscurely."""
+    import threading
+    import msgpack
+    import zmq
+    prefs = bpy_case.enable()
+    _remote(prefs, f"tcp://127.0.0.1:{port}")
+    prefs.timeout = 5.0
+    context = zmq.Context()
+    router = context.socket(zmq.ROUTER)
+    router.bind(f"tcp://127.0.0.1:{port}")
+    stop = threading.Event()
+
+    def serve():  # answers every hello the way an engine of protocol 2 does
+        while not stop.is_set():
+            if router.poll(50):
+                peer, header = router.recv_multipart()[:2]
+                request = msgpack.unpackb(header)
+                reply = {"v": 1, "type": "error", "id": request.get("id"), "code": "version_mismatch",
+                         "message": "this engine speaks protocol 2, the client 1", "field": "protocol"}
+                router.send_multipart([peer, msgpack.packb(reply)])
+
+    thread = threading.Thread(target=serve, daemon=True)
+    thread.start()
+    try:
+        test = call(bpy.ops.vse_style.test_connection)
+        scene, source, frames = _clip_scene(tmp)
+        result, error = call(bpy.ops.vse_style.stylize)
+    finally:
+        stop.set()
+        thread.join()
+        router.close(0)
+        context.term()
+    return {"test_connection": test[1], "status": prefs.status, "stylize": error,
+            "state": bpy.context.scene.vse_style_jobs[0].state}
+
+
+def install_zip(zip_path, address):
+    """Install the built extension under BLENDER_USER_RESOURCES (set by the test), enable it, use it."""
+    from pathlib import Path
+    package = "bl_ext.user_default.vse_style_transfer"
+    installed = call(bpy.ops.extensions.package_install_files, filepath=zip_path, repo="user_default",
+                     enable_on_install=True)
+    addon_prefs = bpy.context.preferences.addons.get(package)
+    result = {"installed": installed, "enabled": addon_prefs is not None}
+    if addon_prefs is None:
+        return result
+    root = os.environ["BLENDER_USER_RESOURCES"]
+    module = sys.modules[package]
+    prefs = addon_prefs.preferences
+    _remote(prefs, address)
+    test = call(bpy.ops.vse_style.test_connection)
+    client = sys.modules.get(package + ".vse_style_shared.client")
+    scene = bpy.context.scene
+    colour = module.compat.new_effect(module.compat.strips(scene.sequence_editor_create()), "colour", "COLOR",
+                                      channel=1, frame_start=1, length=2)
+    scene.sequence_editor.active_strip = colour
+    added = call(bpy.ops.vse_style.slot_add, filepath=write_style(os.path.join(root, "style.png")))
+    result.update(test=test, status=prefs.status, slot_added=added, slots=len(colour.vse_style.slots),
+                  bundled_client=bool(client and client.__file__.startswith(root)),
+                  zmq_wheel=[str(p) for p in Path(root).glob("extensions/.local/lib/python*/site-packages/zmq")],
+                  torch="torch" in sys.modules)
+    return result
+
+
+class Layout:
+    """Stands in for UILayout (headless Blender draws no UI): records what a panel draws and checks it
+    against the real RNA, so a wrong property, operator or icon name fails the test."""
+
+    ICONS = set(bpy.types.UILayout.bl_rna.functions["label"].parameters["icon"].enum_items.keys())
+
+    def __init__(self, log):
+        self.log = log
+        self.use_property_split = self.use_property_decorate = self.enabled = self.active = True
+
+    def _icon(self, icon):
+        assert icon in self.ICONS, f"unknown icon {icon}"
+
+    def _child(self, *args, **kwargs):
+        return Layout(self.log)
+
+    row = column = box = split = _child
+
+    def separator(self, **kwargs):
+        pass
+
+    def label(self, text="", icon="NONE", **kwargs):
+        self._icon(icon)
+        self.log.append(("label", text))
+
+    def prop(self, data, name, text=None, icon="NONE", **kwargs):
+        self._icon(icon)
+        assert name in data.bl_rna.properties, f"{type(data).__name__} has no property {name}"
+        self.log.append(("prop", name))
+
+    def operator(self, idname, text=None, icon="NONE", **kwargs):
+        self._icon(icon)
+        module, name = idname.split(".")
+        properties = getattr(getattr(bpy.ops, module), name).get_rna_type().properties
+        self.log.append(("operator", idname))
+        log = self.log
+
+        class Properties:  # assigning an operator property that does not exist fails
+            def __setattr__(self, key, value):
+                assert key in properties, f"{idname} has no property {key}"
+                log.append(("operator property", idname, key, value))
+        return Properties()
+
+    def progress(self, factor=0.0, type="BAR", text=""):
+        assert 0.0 <= factor <= 1.0
+        self.log.append(("progress", round(factor, 3), text))
+
+    def template_list(self, list_type, list_id, data, name, active_data, active_name, rows=5, **kwargs):
+        ui_list = getattr(bpy.types, list_type)
+        assert name in data.bl_rna.properties and active_name in active_data.bl_rna.properties
+        self.log.append(("list", list_type, len(getattr(data, name))))
+        for index, item in enumerate(getattr(data, name)):
+            ui_list.draw_item(ui_list, bpy.context, Layout(self.log), data, item, 0, active_data, active_name,
+                              index)
+
+
+def _draw(panel, log):
+    from types import SimpleNamespace
+    if panel.poll(bpy.context):
+        panel.draw(SimpleNamespace(layout=Layout(log)), bpy.context)
+
+
+class _Drawn:
+    """``self`` for AddonPreferences.draw: the real preferences plus a recording layout."""
+
+    def __init__(self, prefs, layout):
+        self._prefs, self.layout = prefs, layout
+
+    def __getattr__(self, name):
+        return getattr(self._prefs, name)
+
+
+def ui_draw(tmp):
+    """Every panel of the Stylize tab and the preferences, in the states an editor meets."""
+    scene, source, record = _finished_job(tmp)
+    panels = [bpy.types.VSE_STYLE_PT_stylize, bpy.types.VSE_STYLE_PT_options, bpy.types.VSE_STYLE_PT_jobs]
+    draws = {"empty": []}
+    scene.sequence_editor.active_strip = None
+    for panel in panels:
+        _draw(panel, draws["empty"])
+    scene.sequence_editor.active_strip = source
+    for state in ("failed", "running"):
+        extra = scene.vse_style_jobs.add()
+        extra.uid, extra.name, extra.state, extra.error = state, "shot", state, "Job failed on the engine: boom"
+    for index, name in enumerate(("done", "failed", "interrupted")):
+        scene.vse_style_job_index = index
+        draws[name] = []
+        for panel in panels:
+            _draw(panel, draws[name])
+    prefs = bpy.context.preferences.addons[ADDON].preferences
+    prefs.engine_mode, prefs.python = "LOCAL", ""
+    call(bpy.ops.vse_style.stylize, wait=False)  # has a run now (it fails on its first tick)
+    draws["running"] = []
+    _draw(bpy.types.VSE_STYLE_PT_stylize, draws["running"])
+    addon().jobs.stop_all()
+    draws["prefs"] = []
+    for mode in ("LOCAL", "REMOTE"):
+        prefs.engine_mode = mode
+        type(prefs).draw(_Drawn(prefs, Layout(draws["prefs"])), bpy.context)
+    return draws
+
+
+def curve_keys(tmp, address, keys):
+    """A remote engine that requires CURVE keys: with the keys folder, without, with a wrong folder."""
+    prefs = bpy_case.enable()
+    _remote(prefs, address)
+    prefs.timeout = 2.0
+    result = {}
+    for name, folder in (("keys", keys), ("no_keys", ""), ("missing", os.path.join(tmp, "nowhere"))):
+        prefs.keys_dir = folder
+        call(bpy.ops.vse_style.test_connection)
+        result[name] = prefs.status
+    return result
+
+
+def engine_failure(tmp, port):
+    """A job the engine fails (RAFT flow without its weights): the editor gets the engine's reason."""
+    os.environ["TORCH_HOME"] = os.path.join(tmp, "torch")  # the local engine inherits it: no RAFT weights
+    prefs = bpy_case.enable()
+    prefs.engine_mode, prefs.python, prefs.port = "LOCAL", sys.executable, port
+    prefs.jobs_dir, prefs.timeout = os.path.join(tmp, "jobs"), 30.0
+    scene, source, frames = _clip_scene(tmp)
+    source.vse_style.flow = "raft"
+    result, error = call(bpy.ops.vse_style.stylize)
+    record = bpy.context.scene.vse_style_jobs[0]
+    return {"op": result, "op_error": error, "state": record.state, "error": record.error,
+            "strips": sorted(s.name for s in strips())}
