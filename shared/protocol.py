@@ -295,7 +295,8 @@ def _submit(h, blobs, limits):
             raise ProtocolError("bad_field", f"style image {i} is empty", f"styles[{i}]")
 
 
-def _upload(h, blobs, limits):
+def _frame_message(h, blobs, limits):
+    """An ``upload`` request or a ``frame`` event: one frame of a job, with its index and size."""
     _need(h, "job", JOB_ID, "a job id")
     _need(h, "index", _int_range(1, limits.max_frames), f"an integer from 1 to {limits.max_frames}")
     encoding = _need(h, "encoding", lambda v: v in ENCODINGS, "png or raw")
@@ -319,7 +320,7 @@ def _fetch(h, blobs, limits):
 
 
 REQUESTS: dict[str, Callable] = {
-    "hello": _hello, "ping": _no_fields, "submit": _submit, "upload": _upload, "attach": _attach,
+    "hello": _hello, "ping": _no_fields, "submit": _submit, "upload": _frame_message, "attach": _attach,
     "detach": _job_only, "status": _job_only, "list_jobs": _no_fields, "fetch": _fetch, "cancel": _job_only,
 }
 
@@ -357,15 +358,6 @@ def _jobs(h, blobs, limits):
         _job_status_fields(job, prefix=f"jobs[{i}].")
 
 
-def _frame(h, blobs, limits):
-    _need(h, "job", JOB_ID, "a job id")
-    _need(h, "index", _int_range(1), "an integer >= 1")
-    encoding = _need(h, "encoding", lambda v: v in ENCODINGS, "png or raw")
-    width, height = _size_fields(h, limits)
-    _blobs(blobs, 1, "the frame")
-    _check_frame_blob(blobs[0], encoding, width, height)
-
-
 def _progress(h, blobs, limits):
     _need(h, "job", JOB_ID, "a job id")
     _need(h, "stage", _string(64), "a string")
@@ -381,7 +373,7 @@ def _error(h, blobs, limits):
 REPLIES: dict[str, Callable] = {
     "welcome": _welcome, "pong": _pong, "accepted": _job_only, "detached": _job_only,
     "uploaded": lambda h, b, l: (_need(h, "job", JOB_ID, "a job id"), _need(h, "index", _int_range(1), "an index")),
-    "job_status": _job_status, "jobs": _jobs, "frame": _frame, "progress": _progress,
+    "job_status": _job_status, "jobs": _jobs, "frame": _frame_message, "progress": _progress,
     "fetched": lambda h, b, l: (_need(h, "job", JOB_ID, "a job id"),
                                 _need(h, "indices", lambda v: isinstance(v, list), "a list")),
     "error": _error,

@@ -27,3 +27,23 @@ def shared_path(*parts: str) -> Path:
 def shared_data():
     """Call as shared_data('flow', 'rubberwhale', 'RubberWhale.flo')."""
     return shared_path
+
+
+@pytest.fixture(scope="module")
+def module_engines(tmp_path_factory):
+    """Engine servers (real subprocesses) shared by one test module, stopped at its end."""
+    from engine_process import Engines
+
+    engines = Engines(tmp_path_factory.mktemp("engines"))
+    yield engines
+    engines.close_all()
+
+
+@pytest.fixture
+def engines(tmp_path):
+    """Engine servers for one test (for crashes and restarts), stopped at its end."""
+    from engine_process import Engines
+
+    engines = Engines(tmp_path)
+    yield engines
+    engines.close_all()

@@ -5,29 +5,15 @@ import time
 
 import pytest
 
-from engine_process import PROJECT_ROOT, TINY, Engines, clip, decode, free_port, png, style_image
+from engine_process import PROJECT_ROOT, TINY, clip, decode, free_port, png, style_image
 from vse_style_shared.client import EngineClient, EngineError, EngineUnavailable
 
 STYLE = [("style.png", png(style_image()))]
 
 
 @pytest.fixture(scope="module")
-def module_engines(tmp_path_factory):
-    engines = Engines(tmp_path_factory.mktemp("engines"))
-    yield engines
-    engines.close_all()
-
-
-@pytest.fixture(scope="module")
 def engine(module_engines):
     return module_engines.start("client")
-
-
-@pytest.fixture
-def engines(tmp_path):
-    engines = Engines(tmp_path)
-    yield engines
-    engines.close_all()
 
 
 def test_client_module_imports_no_heavy_libraries():

@@ -13,7 +13,7 @@ import pytest
 import zmq
 from hypothesis import HealthCheck, given, settings
 
-from engine_process import PROJECT_ROOT, TINY, Engines, clip, decode, free_port, png, style_image, tree_snapshot
+from engine_process import PROJECT_ROOT, TINY, clip, decode, free_port, png, style_image, tree_snapshot
 from engine_server.jobs import JobStore, write_atomic
 from test_protocol import malformed_messages
 from vse_style_shared.client import EngineUnavailable
@@ -21,22 +21,8 @@ from vse_style_shared.protocol import PROTOCOL_VERSION, ProtocolError, pack, unp
 
 
 @pytest.fixture(scope="module")
-def module_engines(tmp_path_factory):
-    engines = Engines(tmp_path_factory.mktemp("engines"))
-    yield engines
-    engines.close_all()
-
-
-@pytest.fixture(scope="module")
 def engine(module_engines):
     return module_engines.start("shared")
-
-
-@pytest.fixture
-def engines(tmp_path):
-    engines = Engines(tmp_path)
-    yield engines
-    engines.close_all()
 
 
 def styles():

@@ -6,7 +6,7 @@ import time
 
 import pytest
 
-from engine_process import PROJECT_ROOT, Engines, clip, free_port, style_image
+from engine_process import PROJECT_ROOT, clip, free_port, style_image
 from engine_server.frames import write_frame
 
 
@@ -16,10 +16,8 @@ def run_cli(*args, timeout=300):
 
 
 @pytest.fixture(scope="module")
-def engine(tmp_path_factory):
-    engines = Engines(tmp_path_factory.mktemp("engines"))
-    yield engines.start("submit")
-    engines.close_all()
+def engine(module_engines):
+    return module_engines.start("submit")
 
 
 @pytest.fixture(scope="module")
