@@ -89,28 +89,9 @@ def table(rows: list[list[str]], header: list[str]) -> str:
     return "\n".join([line(header), "|" + "|".join("-" * (w + 2) for w in widths) + "|", *map(line, rows)])
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--device", default="auto")
-    parser.add_argument("--width", type=int, default=224, help="processing width (CPU default 224)")
-    parser.add_argument("--size", type=parse_size, help="exact processing size WxH, e.g. 1280x720")
-    parser.add_argument("--iterations", type=int, default=75)
-    parser.add_argument("--first-iterations", type=int, default=150)
-    parser.add_argument("--passes", type=int, default=6)
-    parser.add_argument("--pass-iterations", type=int, default=40)
-    parser.add_argument("--style", default=str(DATA / "styles" / "starry_night.jpg"))
-    parser.add_argument("--long-clip", default=str(DATA / "video" / "big_buck_bunny.mp4"))
-    parser.add_argument("--long-frames", type=int, default=24)
-    parser.add_argument("--long-width", type=int, default=160)
-    parser.add_argument("--skip-long", action="store_true")
-    args = parser.parse_args(argv)
-    if not DATA.is_dir():
-        print(f"error: the benchmark needs the shared test data at {DATA}", file=sys.stderr)
-        return 2
-
-    styles = [args.style]
+def sintel_table(args, styles: list[str], common: dict) -> None:
+    """Table 1: the three modes on the same Sintel frames, scored with ground-truth flow."""
     frames, flows, masks, size = sintel(args.size, args.width)
-    common = dict(device=args.device, iterations=args.iterations, first_iterations=args.first_iterations)
     modes = {
         "per-frame": StylizeOptions(mode="per-frame", **common),
         "temporal": StylizeOptions(mode="temporal", **common),
@@ -136,23 +117,53 @@ def main(argv: list[str] | None = None) -> int:
           f"torch threads {torch.get_num_threads()}")
     print(table(rows, header))
 
+
+def long_shot_table(args, styles: list[str], common: dict) -> None:
+    """Table 2: does the temporal mode's style fade over a long shot?"""
+    clip = open_frames(args.long_clip, args.long_width)
+    count = min(args.long_frames, len(clip))
+    long_frames = [clip[i] for i in range(count)]
+    temporal, seconds, _ = run_mode(styles, long_frames, StylizeOptions(mode="temporal", **common))
+    ends = [long_frames[0], long_frames[-1]]
+    per_frame, _, _ = run_mode(styles, ends, StylizeOptions(mode="per-frame", **common))
+    rows = []
+    for label, ours, fresh in (("1", temporal[0], per_frame[0]), (str(count), temporal[-1], per_frame[1])):
+        ratio = ours.losses["style"] / fresh.losses["style"]
+        rows.append([label, f"{ours.losses['style']:.4g}", f"{fresh.losses['style']:.4g}", f"{ratio:.3f}"])
+    change = temporal[-1].losses["style"] / temporal[0].losses["style"] - 1
+    print(f"\nStyle over a long shot: {Path(args.long_clip).name}, {count} frames at "
+          f"{clip.size[0]}x{clip.size[1]}, temporal mode {seconds / count:.2f} s/frame; "
+          f"its style loss changed {100 * change:+.1f} % from frame 1 to frame {count}")
+    print(table(rows, ["frame", "style loss, temporal", "style loss, per-frame on that frame alone",
+                       "temporal / per-frame"]))
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--device", default="auto")
+    parser.add_argument("--width", type=int, default=224, help="processing width (CPU default 224)")
+    parser.add_argument("--size", type=parse_size, help="exact processing size WxH, e.g. 1280x720")
+    parser.add_argument("--iterations", type=int, default=75)
+    parser.add_argument("--first-iterations", type=int, default=150)
+    parser.add_argument("--passes", type=int, default=6)
+    parser.add_argument("--pass-iterations", type=int, default=40)
+    parser.add_argument("--style", default=str(DATA / "styles" / "starry_night.jpg"))
+    parser.add_argument("--long-clip", default=str(DATA / "video" / "big_buck_bunny.mp4"))
+    parser.add_argument("--long-frames", type=int, default=24)
+    parser.add_argument("--long-width", type=int, default=160)
+    parser.add_argument("--skip-long", action="store_true", help="leave out the long-shot table")
+    parser.add_argument("--skip-sintel", action="store_true", help="leave out the Sintel table")
+    args = parser.parse_args(argv)
+    if not DATA.is_dir():
+        print(f"error: the benchmark needs the shared test data at {DATA}", file=sys.stderr)
+        return 2
+
+    styles = [args.style]
+    common = dict(device=args.device, iterations=args.iterations, first_iterations=args.first_iterations)
+    if not args.skip_sintel:
+        sintel_table(args, styles, common)
     if not args.skip_long:
-        clip = open_frames(args.long_clip, args.long_width)
-        count = min(args.long_frames, len(clip))
-        long_frames = [clip[i] for i in range(count)]
-        temporal, seconds, _ = run_mode(styles, long_frames, StylizeOptions(mode="temporal", **common))
-        ends = [long_frames[0], long_frames[-1]]
-        per_frame, _, _ = run_mode(styles, ends, StylizeOptions(mode="per-frame", **common))
-        rows = []
-        for label, ours, fresh in (("1", temporal[0], per_frame[0]), (str(count), temporal[-1], per_frame[1])):
-            ratio = ours.losses["style"] / fresh.losses["style"]
-            rows.append([label, f"{ours.losses['style']:.4g}", f"{fresh.losses['style']:.4g}", f"{ratio:.3f}"])
-        change = temporal[-1].losses["style"] / temporal[0].losses["style"] - 1
-        print(f"\nStyle over a long shot: {Path(args.long_clip).name}, {count} frames at "
-              f"{clip.size[0]}x{clip.size[1]}, temporal mode {seconds / count:.2f} s/frame; "
-              f"its style loss changed {100 * change:+.1f} % from frame 1 to frame {count}")
-        print(table(rows, ["frame", "style loss, temporal", "style loss, per-frame on that frame alone",
-                           "temporal / per-frame"]))
+        long_shot_table(args, styles, common)
     return 0
 
 

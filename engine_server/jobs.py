@@ -14,7 +14,6 @@ only writes output frames.
 """
 from __future__ import annotations
 
-import fcntl
 import json
 import logging
 import os
@@ -36,6 +35,19 @@ FRAME_NAME = re.compile(r"^frame_(\d{6})\.png$")
 STYLE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp"}
 # Jobs written by an engine with larger limits must still load after a restart with smaller ones.
 STORED_LIMITS = Limits(max_frames=10**7, max_side=10**6, max_styles=10**4, max_name_chars=10**4)
+
+
+def _lock_exclusive(handle) -> None:
+    """Non-blocking exclusive lock on an open file; OSError if another process holds it.
+    POSIX flock, or msvcrt on Windows (where an editor may run the engine locally)."""
+    if os.name == "nt":
+        import msvcrt
+
+        msvcrt.locking(handle.fileno(), msvcrt.LK_NBLCK, 1)
+    else:
+        import fcntl
+
+        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
 
 
 class JobsDirBusy(RuntimeError):
@@ -143,7 +155,7 @@ class JobStore:
         self.root.mkdir(parents=True, exist_ok=True)
         handle = open(self.root / ".lock", "w")
         try:
-            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            _lock_exclusive(handle)
         except OSError:
             handle.close()
             raise JobsDirBusy(f"jobs directory {self.root} is in use by another engine") from None
