@@ -241,7 +241,7 @@ class _Run:
             iterations, self.opts.optimizer, self.opts.learning_rate,
             early_stop=self.opts.early_stop and self.opts.mode != "multipass",
         )
-        frames_done = sum(1 for _ in self.done)
+        frames_done = len(self.done)
 
         def on_iteration(i: int, loss: float) -> None:
             self.iterations_done += 1
