@@ -14,7 +14,6 @@ from dataclasses import dataclass
 
 from . import shared_pkg
 
-PROTOCOL_VERSION = 1
 START_TIMEOUT = 180.0  # seconds a local engine may take to start (torch import, first run)
 
 
@@ -177,7 +176,7 @@ def _new_client(settings: Settings, timeout: float):
 
 
 def _hello(client) -> dict:
-    """The welcome, or LinkError for a protocol mismatch."""
+    """The welcome, or LinkError for a protocol mismatch (the client's hello() checks the version)."""
     api = client_module()
     try:
         welcome = client.hello()
@@ -186,9 +185,6 @@ def _hello(client) -> dict:
             raise LinkError(f"Engine version mismatch: {exc.message}. Use an engine and add-on of the same "
                             f"release") from None
         raise LinkError(f"The engine refused the connection: {exc.message}") from None
-    if welcome.get("protocol") != PROTOCOL_VERSION:
-        raise LinkError(f"Engine version mismatch: the engine speaks protocol {welcome.get('protocol')}, "
-                        f"this add-on {PROTOCOL_VERSION}")
     return welcome
 
 

@@ -15,7 +15,8 @@ from tqdm import tqdm
 
 from .errors import InputError
 from .flow import FlowBackendUnavailable
-from .frames import finished_frames, frame_filename, open_frames, read_image, write_frame, write_video
+from .frames import (finished_frames, frame_filename, open_frames, read_image, write_atomic, write_frame,
+                     write_video)
 from .keyframes import load_style_weights
 from .pipeline import MODES, Progress, StylizeOptions, Stylizer
 from .vgg import WeightsUnavailable
@@ -173,7 +174,7 @@ def run_stylize(args) -> int:
             report["frames"].append({"index": result.index, "seconds": round(result.seconds, 3),
                                      "iterations": result.iterations,
                                      "losses": {k: float(v) for k, v in result.losses.items()}})
-            _write_report(report_path, report)
+            write_report(report_path, report)
         report["status"] = "done"
     except KeyboardInterrupt:
         report["status"] = "interrupted"
@@ -183,17 +184,15 @@ def run_stylize(args) -> int:
         bar.close()
         report["seconds"] = round(time.perf_counter() - started, 3)
         report["frames"].sort(key=lambda f: f["index"])
-        _write_report(report_path, report)
+        write_report(report_path, report)
     if args.video:
         write_video([images[i] for i in sorted(images)], args.video, args.fps)
     print(f"wrote {len(images)} frames to {out_dir}", file=sys.stderr)
     return 0
 
 
-def _write_report(path: Path, report: dict) -> None:
-    partial = path.with_suffix(".partial")
-    partial.write_text(json.dumps(report, indent=2))
-    partial.replace(path)
+def write_report(path: Path, report: dict) -> None:
+    write_atomic(path, json.dumps(report, indent=2).encode())
 
 
 def run_consistency(args) -> int:

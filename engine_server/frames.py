@@ -1,7 +1,7 @@
 """Frames in and out: videos, folders, globs and arrays become RGB uint8 frames at processing size.
 
-Outputs are written atomically (temporary name, then rename), so a killed run never leaves a
-half-written frame that a resumed run would trust.
+Outputs are written atomically (hidden temporary name, then rename), so a killed run never leaves a
+half-written frame that a resumed run would trust. The engine server's job store uses the same helpers.
 """
 from __future__ import annotations
 
@@ -150,14 +150,35 @@ def frame_filename(index: int) -> str:
     return f"frame_{index:06d}.png"
 
 
+def write_atomic(path: str | os.PathLike, data) -> None:
+    """Write bytes (or any buffer) to ``path`` via a hidden temporary name and a rename."""
+    path = Path(path)
+    temp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    with open(temp, "wb") as handle:
+        handle.write(data)
+    os.replace(temp, path)
+
+
+def encode_png(rgb: np.ndarray, level: int | None = None) -> bytes:
+    """RGB uint8 -> PNG file bytes."""
+    params = [] if level is None else [cv2.IMWRITE_PNG_COMPRESSION, level]
+    ok, data = cv2.imencode(".png", cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR), params)
+    if not ok:
+        raise OSError("PNG encoding failed")
+    return data.tobytes()
+
+
+def decode_image(blob) -> np.ndarray | None:
+    """Image file bytes -> HxWx3 uint8 RGB, or None if they are not a readable image."""
+    bgr = cv2.imdecode(np.frombuffer(blob, np.uint8), cv2.IMREAD_COLOR)
+    return None if bgr is None else cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
+
+
 def write_frame(out_dir: str | os.PathLike, index: int, rgb: np.ndarray) -> Path:
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     final = out_dir / frame_filename(index)
-    partial = out_dir / (final.stem + ".partial.png")
-    if not cv2.imwrite(str(partial), cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR)):
-        raise OSError(f"could not write {partial}")
-    os.replace(partial, final)
+    write_atomic(final, encode_png(rgb))
     return final
 
 

@@ -24,10 +24,11 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import cv2
 import numpy as np
 
 from vse_style_shared.protocol import JOB_STATES, Limits, ProtocolError, png_size, to_ranges, validate_job
+
+from .frames import decode_image, encode_png, frame_filename, write_atomic
 
 log = logging.getLogger(__name__)
 
@@ -54,33 +55,6 @@ class JobsDirBusy(RuntimeError):
     """Another engine holds this jobs directory."""
 
 
-def write_atomic(path: Path, data) -> None:
-    """Write bytes (or any buffer) to ``path`` via a temporary name and a rename."""
-    temp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    with open(temp, "wb") as handle:
-        handle.write(data)
-    os.replace(temp, path)
-
-
-def frame_name(index: int) -> str:
-    return f"frame_{index:06d}.png"
-
-
-def encode_png(rgb: np.ndarray, level: int | None = None) -> bytes:
-    """RGB uint8 -> PNG bytes, exactly what ``frames.write_frame`` (cv2.imwrite) would write."""
-    params = [] if level is None else [cv2.IMWRITE_PNG_COMPRESSION, level]
-    ok, data = cv2.imencode(".png", cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR), params)
-    if not ok:
-        raise OSError("PNG encoding failed")
-    return data.tobytes()
-
-
-def decode_image(blob) -> np.ndarray | None:
-    """Image file bytes -> HxWx3 uint8 RGB, or None if they are not a readable image."""
-    bgr = cv2.imdecode(np.frombuffer(blob, np.uint8), cv2.IMREAD_COLOR)
-    return None if bgr is None else cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
-
-
 @dataclass
 class Job:
     id: str
@@ -105,10 +79,10 @@ class Job:
         return self.spec["width"], self.spec["height"]
 
     def input_path(self, index: int) -> Path:
-        return self.dir / "input" / frame_name(index)
+        return self.dir / "input" / frame_filename(index)
 
     def output_path(self, index: int) -> Path:
-        return self.dir / "output" / frame_name(index)
+        return self.dir / "output" / frame_filename(index)
 
     def meta_path(self, index: int) -> Path:
         return self.output_path(index).with_suffix(".json")

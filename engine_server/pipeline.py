@@ -55,8 +55,6 @@ class StylizeOptions:
         """(first-frame, later-frame) iterations: the reference's 2000 / 1000, or 100 per pass."""
         later = self.iterations or (100 if self.mode == "multipass" else 1000)
         first = self.first_iterations or (later if self.mode == "multipass" else 2 * later)
-        if self.iterations is None and self.first_iterations is None and self.mode != "multipass":
-            first = 2000
         return first, later
 
     def validate(self) -> None:

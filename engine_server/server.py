@@ -34,7 +34,8 @@ from vse_style_shared.protocol import (
 )
 
 from . import __version__
-from .jobs import Job, JobsDirBusy, JobStore, decode_image
+from .frames import decode_image
+from .jobs import Job, JobsDirBusy, JobStore
 from .worker import Ticket, Worker
 
 log = logging.getLogger("engine_server.server")

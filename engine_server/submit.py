@@ -18,16 +18,12 @@ from pathlib import Path
 from tqdm import tqdm
 
 from vse_style_shared.client import EngineClient, EngineError, EngineUnavailable
+from vse_style_shared.protocol import OPTION_CHECKS
 
+from .cli import options_from_args, write_report
 from .errors import InputError
-from .frames import finished_frames, frame_filename, open_frames, read_image, write_video
-from .jobs import encode_png, write_atomic
+from .frames import encode_png, finished_frames, frame_filename, open_frames, read_image, write_atomic, write_video
 from .keyframes import load_style_weights
-
-OPTION_FIELDS = ("mode", "iterations", "first_iterations", "passes", "content_weight", "style_weight",
-                 "temporal_weight", "tv_weight", "long_term", "optimizer", "early_stop", "init", "style_scale",
-                 "preserve_colors", "flow", "seed")
-
 
 def add_parser(sub, add_stylize_options) -> None:
     p = sub.add_parser("submit", help="stylize on a running engine (local or remote)",
@@ -67,7 +63,9 @@ def run_submit(args) -> int:
 
 
 def _job_options(options) -> dict:
-    values = {name: getattr(options, name) for name in OPTION_FIELDS}
+    """The StylizeOptions a job carries: every option the protocol accepts (width and device are the
+    client's and the engine's business)."""
+    values = {name: getattr(options, name) for name in OPTION_CHECKS}
     values["long_term"] = list(values["long_term"])
     return {k: v for k, v in values.items() if v is not None}
 
@@ -80,8 +78,6 @@ def _check_device(wanted: str, engine_device: str, address: str) -> None:
 
 
 def _run(args) -> int:
-    from .cli import options_from_args
-
     options = options_from_args(args)
     options.validate()
     out_dir = Path(args.out)
@@ -123,9 +119,9 @@ def _run(args) -> int:
         else:
             upload = None
         if upload is not None:
-            job_id = _upload(upload, len(frames), lambda job: _write_report(report_path, {**report, "job": job}))
+            job_id = _upload(upload, len(frames), lambda job: write_report(report_path, {**report, "job": job}))
             report["job"] = job_id
-        _write_report(report_path, report)
+        write_report(report_path, report)
         return _follow(client, job_id, done, report, out_dir, args, started)
     finally:
         client.close()
@@ -167,7 +163,7 @@ def _follow(client: EngineClient, job_id: str, done: int, report: dict, out_dir:
                     report["frames"] = [f for f in report["frames"] if f["index"] != event["index"]]
                     report["frames"].append({"index": event["index"], "seconds": event["seconds"],
                                              "iterations": event["iterations"], "losses": event["losses"]})
-                    _write_report(report_path, report)
+                    write_report(report_path, report)
                     bar.update(1)
                 elif kind == "progress" and event["stage"] == "optimize" and event.get("loss") is not None:
                     bar.set_postfix_str(f"frame {event['frame']}/{event['frame_count']} it {event['iteration']} "
@@ -187,11 +183,11 @@ def _follow(client: EngineClient, job_id: str, done: int, report: dict, out_dir:
         report["seconds"] = round(time.perf_counter() - started, 3)
         report["frames"].sort(key=lambda f: f["index"])
         _merge_description(report, session.status, args)
-        _write_report(report_path, report)
+        write_report(report_path, report)
         session.close(detach=False)
     status = session.status
     report["status"] = status["state"]
-    _write_report(report_path, report)
+    write_report(report_path, report)
     if status["state"] == "failed":
         error = status.get("error") or {}
         print(f"error: job {job_id} failed on the engine: {error.get('message')}", file=sys.stderr)
@@ -219,7 +215,3 @@ def _merge_description(report: dict, status: dict | None, args) -> None:
     rest = {k: v for k, v in report.items() if k not in head}
     report.clear()
     report.update(head, **described, **rest)
-
-
-def _write_report(path: Path, report: dict) -> None:
-    write_atomic(path, json.dumps(report, indent=2).encode())

@@ -21,7 +21,8 @@ from dataclasses import dataclass, field, replace
 import msgpack
 import zmq
 
-from .jobs import Job, encode_png, write_atomic
+from .frames import encode_png, write_atomic
+from .jobs import Job
 
 log = logging.getLogger(__name__)
 

@@ -125,7 +125,7 @@ def test_bad_input_exits_2_with_one_line(engine, material, tmp_path, case):
 
 def test_resume_finishes_an_interrupted_upload(engine, material, tmp_path):
     from engine_server.frames import open_frames
-    from engine_server.jobs import encode_png
+    from engine_server.frames import encode_png
 
     folder, options = material
     source = open_frames(folder / "clip", 32)
