@@ -143,7 +143,8 @@ def bare_download(sock, name: str, count: int, framing: bool) -> None:
 
 def seed_done_job(jobs_dir: Path, pngs: list) -> str:
     """A finished job on disk, so the engine has frames to serve (no stylization needed)."""
-    from engine_server.jobs import JobStore, write_atomic
+    from engine_server.io.frames import write_atomic
+    from engine_server.serve.jobs import JobStore
 
     store = JobStore(jobs_dir)
     spec = {"frame_count": len(pngs), "width": 1920, "height": 1080, "styles": ["s.png"],
@@ -159,7 +160,7 @@ def seed_done_job(jobs_dir: Path, pngs: list) -> str:
 
 def store_only(folder: Path, blobs, encoding: str) -> None:
     """What the engine does with uploads besides the protocol: (encode to PNG and) write each file."""
-    from engine_server.jobs import encode_png, write_atomic
+    from engine_server.io.frames import encode_png, write_atomic
     import numpy as np
 
     folder.mkdir(parents=True, exist_ok=True)
@@ -171,7 +172,7 @@ def store_only(folder: Path, blobs, encoding: str) -> None:
 
 def read_only(folder: Path, count: int, encoding: str) -> None:
     """What the engine does for a fetch besides the protocol: read each file (and decode it to raw)."""
-    from engine_server.jobs import decode_image
+    from engine_server.io.frames import decode_image
 
     for i in range(1, count + 1):
         data = (folder / f"frame_{i:06d}.png").read_bytes()

@@ -6,10 +6,22 @@ Python API::
     for frame in stylize("clip.mp4", ["starry_night.jpg"], width=320, iterations=100):
         save(frame.index, frame.image)
 
-The pipeline is frames -> flow -> masks -> optimize -> frames; see :mod:`engine_server.pipeline`.
+The pipeline is frames -> flow -> masks -> optimize -> frames (:mod:`engine_server.pipeline`), its rooms:
+
+    io/        frames, .flo flows, .pgm masks, report.json in and out
+    motion/    optical flow, consistency masks, warping, temporal constraints
+    style/     VGG19, content and style losses, style targets, colour, keyframed weights
+    optimize/  one frame's objective and the optimizer that minimizes it
+    serve/     the ZeroMQ engine server, its worker and job store, and the submit client
+
+with pipeline.py (the modes and the API), options.py, cli.py, bench.py and demo.py at the top. Lower rooms
+never import higher ones (tests/test_layout.py checks it).
 """
-from .errors import Cancelled, InputError
-from .pipeline import FrameResult, Progress, StylizeOptions, Stylizer, stylize
+from .errors import Cancelled, FlowBackendUnavailable, InputError, WeightsUnavailable
+from .options import StylizeOptions
+from .pipeline import FrameResult, Progress, Stylizer, resolve_device, stylize
+from .style.keyframes import load_style_weights
 
 __version__ = "0.1.0"
-__all__ = ["stylize", "Stylizer", "StylizeOptions", "FrameResult", "Progress", "Cancelled", "InputError"]
+__all__ = ["stylize", "Stylizer", "StylizeOptions", "FrameResult", "Progress", "load_style_weights", "resolve_device",
+           "Cancelled", "InputError", "WeightsUnavailable", "FlowBackendUnavailable"]

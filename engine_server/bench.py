@@ -24,11 +24,11 @@ import cv2
 import numpy as np
 import torch
 
-from .flowio import read_flo
-from .frames import open_frames, read_image, resize
+from .io.flowfiles import read_flo
+from .io.frames import open_frames, read_image, resize
 from .metrics import inside_mask, stability_error
+from .motion.warp import warp_numpy
 from .pipeline import StylizeOptions, Stylizer
-from .warp import warp_numpy
 
 DATA = Path(__file__).resolve().parent.parent.parent / "shared" / "data"
 

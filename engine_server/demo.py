@@ -18,7 +18,7 @@ import cv2
 import numpy as np
 
 from . import cli
-from .frames import write_frame, write_video
+from .io.frames import write_frame, write_video
 
 
 def camera_clip(photo: np.ndarray, frames: int, size: tuple[int, int]) -> list[np.ndarray]:

@@ -7,3 +7,11 @@ class InputError(ValueError):
 
 class Cancelled(RuntimeError):
     """The caller asked to stop; frames finished before that are kept."""
+
+
+class WeightsUnavailable(RuntimeError):
+    """No VGG19 ImageNet weights could be found offline."""
+
+
+class FlowBackendUnavailable(RuntimeError):
+    """The requested flow backend cannot run here (e.g. its weights are not installed)."""

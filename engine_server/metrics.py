@@ -10,7 +10,7 @@ from typing import Sequence
 
 import numpy as np
 
-from .warp import warp_numpy
+from .motion.warp import warp_numpy
 
 
 def masked_mse(a: np.ndarray, b: np.ndarray, mask: np.ndarray) -> float:

@@ -9,9 +9,9 @@ import pytest
 
 from conftest import PROJECT_ROOT, shared_path
 from engine_server import cli
-from engine_server.consistency import certainty
-from engine_server.flow import DISFlow
-from engine_server.frames import open_frames, read_image, write_frame
+from engine_server.motion.consistency import certainty
+from engine_server.motion.flow import DISFlow
+from engine_server.io.frames import open_frames, read_image, write_frame
 from engine_server.metrics import stability_error
 
 

@@ -1,7 +1,7 @@
 """Colour preservation keeps the content's chrominance."""
 import numpy as np
 
-from engine_server import color
+from engine_server.style import color
 
 
 def test_recombine_keeps_content_colour_and_result_luminance():

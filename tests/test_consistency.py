@@ -4,14 +4,14 @@ import numpy as np
 import pytest
 
 from conftest import shared_path
-from engine_server.consistency import (
+from engine_server.motion.consistency import (
     certainty,
     check_files,
     reliability,
     to_uint8,
     unsmoothed_reliability,
 )
-from engine_server.flowio import read_flo, read_pgm, write_flo
+from engine_server.io.flowfiles import read_flo, read_pgm, write_flo
 
 
 def constant_flow(h, w, u, v):

@@ -6,14 +6,14 @@ import pytest
 import torch
 
 from conftest import shared_path
-from engine_server.flow import (
+from engine_server.motion.flow import (
     DISFlow,
     FarnebackFlow,
     FlowBackendUnavailable,
     RAFTFlow,
     make_flow,
 )
-from engine_server.flowio import read_flo
+from engine_server.io.flowfiles import read_flo
 
 
 def load_rgb(path):

@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 
 from conftest import shared_path
-from engine_server.flowio import read_flo, read_pgm, write_flo, write_pgm
+from engine_server.io.flowfiles import read_flo, read_pgm, write_flo, write_pgm
 
 
 def test_flo_round_trip(tmp_path):

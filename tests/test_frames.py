@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from engine_server.errors import InputError
-from engine_server.frames import (finished_frames, open_frames, processing_size, write_frame, write_video)
+from engine_server.io.frames import (finished_frames, open_frames, processing_size, write_frame, write_video)
 
 
 def make_frames(n, w=40, h=30):

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 from engine_server.errors import InputError
-from engine_server.keyframes import interpolate, load_style_weights
+from engine_server.style.keyframes import interpolate, load_style_weights
 
 
 def test_linear_between_keys_and_held_outside():

@@ -1,7 +1,8 @@
 """Loss values against hand computations."""
 import torch
 
-from engine_server import losses
+from engine_server.motion import temporal
+from engine_server.style import losses
 
 
 def test_gram_matches_hand_computation():
@@ -48,14 +49,14 @@ def test_temporal_loss_weights_pixels_by_certainty():
     w = torch.ones(1, 3, 1, 2) * 3.0
     c = torch.tensor([[[[1.0, 0.0]]]])
     # only the first pixel counts: 3 channels * 9 over 6 elements
-    assert losses.temporal_loss(x, w, c).item() == 27.0 / 6
+    assert temporal.temporal_loss(x, w, c).item() == 27.0 / 6
 
 
 def test_closest_first_combination():
     c1 = torch.tensor([1.0, 0.0, 0.5, 0.0])
     c2 = torch.tensor([1.0, 1.0, 1.0, 0.0])
     c4 = torch.tensor([1.0, 1.0, 1.0, 1.0])
-    out = losses.closest_first([c1, c2, c4])
+    out = temporal.closest_first([c1, c2, c4])
     assert torch.equal(out[0], c1)
     assert torch.allclose(out[1], torch.tensor([0.0, 1.0, 0.5, 0.0]))
     assert torch.allclose(out[2], torch.tensor([0.0, 0.0, 0.0, 1.0]))

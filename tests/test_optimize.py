@@ -4,9 +4,10 @@ import pytest
 import torch
 
 from engine_server.errors import Cancelled
-from engine_server.optimize import LossWeights, Objective, OptimizerSettings, optimize_frame
-from engine_server.styles import StyleTargets, image_tensor
-from engine_server.vgg import CONTENT_LAYERS, load_vgg19
+from engine_server.optimize.objective import LossWeights, Objective
+from engine_server.optimize.optimizer import OptimizerSettings, optimize_frame
+from engine_server.style.targets import StyleTargets, image_tensor
+from engine_server.style.vgg import CONTENT_LAYERS, load_vgg19
 
 
 @pytest.fixture(scope="module")

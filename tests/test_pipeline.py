@@ -86,7 +86,7 @@ def test_two_styles_with_per_frame_weights():
 def test_preserve_colors_keeps_content_chrominance():
     clip = moving_clip(1)
     out = next(iter(stylize(clip, [style_image()], preserve_colors=True, **FAST))).image
-    from engine_server.color import _RGB_TO_YIQ
+    from engine_server.style.color import _RGB_TO_YIQ
     chroma = lambda img: (np.asarray(img, float) @ _RGB_TO_YIQ.T)[..., 1:]
     assert np.abs(chroma(out) - chroma(clip[0])).mean() < 3.0
 

@@ -14,8 +14,8 @@ import zmq
 from hypothesis import HealthCheck, given, settings
 
 from engine_process import PROJECT_ROOT, TINY, clip, decode, free_port, png, style_image, tree_snapshot
-from engine_server.frames import write_atomic
-from engine_server.jobs import JobStore
+from engine_server.io.frames import write_atomic
+from engine_server.serve.jobs import JobStore
 from test_protocol import malformed_messages
 from vse_style_shared.client import EngineUnavailable
 from vse_style_shared.protocol import PROTOCOL_VERSION, ProtocolError, pack, unpack

@@ -2,7 +2,7 @@
 import numpy as np
 import torch
 
-from engine_server.styles import StyleTargets
+from engine_server.style.targets import StyleTargets
 
 
 def make_targets(grams):

@@ -7,7 +7,7 @@ import time
 import pytest
 
 from engine_process import PROJECT_ROOT, clip, free_port, style_image
-from engine_server.frames import write_frame
+from engine_server.io.frames import write_frame
 
 
 def run_cli(*args, timeout=300):
@@ -124,8 +124,8 @@ def test_bad_input_exits_2_with_one_line(engine, material, tmp_path, case):
 
 
 def test_resume_finishes_an_interrupted_upload(engine, material, tmp_path):
-    from engine_server.frames import open_frames
-    from engine_server.frames import encode_png
+    from engine_server.io.frames import open_frames
+    from engine_server.io.frames import encode_png
 
     folder, options = material
     source = open_frames(folder / "clip", 32)

@@ -2,8 +2,8 @@
 import numpy as np
 import torch
 
-from engine_server import temporal
-from engine_server.flow import DISFlow
+from engine_server.motion import temporal
+from engine_server.motion.flow import DISFlow
 
 
 def shifted_clip(n=5, shift=2):

@@ -2,7 +2,7 @@
 import pytest
 import torch
 
-from engine_server import vgg
+from engine_server.style import vgg
 
 
 @pytest.fixture

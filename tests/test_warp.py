@@ -2,7 +2,7 @@
 import numpy as np
 import torch
 
-from engine_server.warp import flow_to_tensor, warp, warp_numpy
+from engine_server.motion.warp import flow_to_tensor, warp, warp_numpy
 
 
 def test_integer_translation_is_exact_inside():

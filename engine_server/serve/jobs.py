@@ -28,7 +28,7 @@ import numpy as np
 
 from vse_style_shared.protocol import JOB_STATES, Limits, ProtocolError, png_size, to_ranges, validate_job
 
-from .frames import decode_image, encode_png, frame_filename, write_atomic
+from ..io.frames import decode_image, encode_png, frame_filename, write_atomic
 
 log = logging.getLogger(__name__)
 

@@ -13,9 +13,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-
-class FlowBackendUnavailable(RuntimeError):
-    """The requested flow backend cannot run here (e.g. its weights are not installed)."""
+from ..errors import FlowBackendUnavailable
 
 
 def _check_frames(a: np.ndarray, b: np.ndarray) -> None:

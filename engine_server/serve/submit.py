@@ -20,10 +20,13 @@ from tqdm import tqdm
 from vse_style_shared.client import EngineClient, EngineError, EngineUnavailable
 from vse_style_shared.protocol import OPTION_CHECKS
 
-from .cli import options_from_args, write_report
-from .errors import InputError
-from .frames import encode_png, finished_frames, frame_filename, open_frames, read_image, write_atomic, write_video
-from .keyframes import load_style_weights
+from .. import load_style_weights
+from ..arguments import options_from_args
+from ..errors import InputError
+from ..io.frames import (encode_png, finished_frames, frame_filename, open_frames, read_image, write_atomic,
+                         write_video)
+from ..io.report import write_report
+
 
 def add_parser(sub, add_stylize_options) -> None:
     p = sub.add_parser("submit", help="stylize on a running engine (local or remote)",

@@ -13,7 +13,6 @@ import numpy as np
 import torch
 
 from .consistency import certainty
-from .losses import closest_first
 from .warp import flow_to_tensor, warp
 
 
@@ -51,6 +50,24 @@ def constraints(
     warped = [warped_onto(output, pair.b_to_a) for pair, output in pairs]
     masks = closest_first([mask_tensor(pair.certainty_on_b, device) for pair, _ in pairs])
     return list(zip(warped, masks))
+
+
+def temporal_loss(image: torch.Tensor, warped: torch.Tensor, certainty: torch.Tensor) -> torch.Tensor:
+    """Mean over pixels and channels of c * (x - warped)^2; certainty is (1, 1, H, W) in [0, 1]."""
+    return torch.mean(certainty * (image - warped) ** 2)
+
+
+def closest_first(certainties: list[torch.Tensor]) -> list[torch.Tensor]:
+    """Long-term mask combination: c_j <- max(0, c_j - sum of the certainties of closer frames).
+
+    ``certainties`` are ordered from the closest frame to the farthest, so each pixel is constrained
+    by the nearest earlier frame in which it was visible.
+    """
+    combined, seen = [], None
+    for c in certainties:
+        combined.append(c if seen is None else torch.clamp(c - seen, min=0.0))
+        seen = c if seen is None else seen + c
+    return combined
 
 
 def initialization(content: torch.Tensor, warped_previous: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:

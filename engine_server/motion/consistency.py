@@ -17,7 +17,7 @@ from __future__ import annotations
 import numpy as np
 import cv2
 
-from .flowio import PathLike, read_flo, write_pgm
+from ..io.flowfiles import PathLike, read_flo, write_pgm
 
 OCCLUSION_REL = 0.01
 OCCLUSION_ABS = 0.5

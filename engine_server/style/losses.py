@@ -1,7 +1,9 @@
-"""The loss terms of Gatys et al. and Ruder et al., each a plain function of tensors.
+"""The loss terms of Gatys et al. (content, style) and the smoothness prior, each a plain function of tensors.
+
+Ruder et al.'s temporal term lives with the temporal constraints, in :mod:`engine_server.motion.temporal`.
 
 Normalization (so one set of weights means the same at any resolution):
-- content, style and temporal terms are means over their elements, as the reference computes them
+- content and style terms (and the temporal term) are means over their elements, as the reference computes them
   (Torch's MSECriterion averages), so they do not grow with the frame size;
 - the reference's total variation is a plain sum over pixels, which does grow with the frame size:
   ours is the per-pixel mean times the pixel count of the reference's own frames (450 x 350), so the
@@ -40,21 +42,3 @@ def total_variation(image: torch.Tensor) -> torch.Tensor:
     dy = image[..., :-1, :-1] - image[..., 1:, :-1]
     per_pixel = 0.5 * (dx.pow(2) + dy.pow(2)).sum(dim=1).mean()
     return per_pixel * REFERENCE_PIXELS
-
-
-def temporal_loss(image: torch.Tensor, warped: torch.Tensor, certainty: torch.Tensor) -> torch.Tensor:
-    """Mean over pixels and channels of c * (x - warped)^2; certainty is (1, 1, H, W) in [0, 1]."""
-    return torch.mean(certainty * (image - warped) ** 2)
-
-
-def closest_first(certainties: list[torch.Tensor]) -> list[torch.Tensor]:
-    """Long-term mask combination: c_j <- max(0, c_j - sum of the certainties of closer frames).
-
-    ``certainties`` are ordered from the closest frame to the farthest, so each pixel is constrained
-    by the nearest earlier frame in which it was visible.
-    """
-    combined, seen = [], None
-    for c in certainties:
-        combined.append(c if seen is None else torch.clamp(c - seen, min=0.0))
-        seen = c if seen is None else seen + c
-    return combined

@@ -14,7 +14,7 @@ from typing import Sequence, Union
 import cv2
 import numpy as np
 
-from .errors import InputError
+from ..errors import InputError
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".ppm", ".pgm", ".webp", ".exr"}
 MIN_SIDE = 16  # VGG19 pools four times before relu5_1

@@ -13,7 +13,7 @@ import numpy as np
 import torch
 
 from . import color
-from .frames import resize
+from ..io.frames import resize
 from .losses import gram
 from .vgg import STYLE_LAYERS, VGG19Features
 

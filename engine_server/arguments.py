@@ -1,0 +1,83 @@
+"""The stylize options as command-line arguments: shared by ``stylize`` and ``submit``, so both take
+the same options and mean the same by them."""
+from __future__ import annotations
+
+import argparse
+
+from .options import MODES, StylizeOptions
+
+
+class Parser(argparse.ArgumentParser):
+    def error(self, message: str):  # one line, exit code 2
+        self.exit(2, f"{self.prog}: error: {message}\n")
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{value} must be at least 1")
+    return value
+
+
+def _distances(text: str) -> tuple[int, ...]:
+    try:
+        values = tuple(int(part) for part in text.split(",") if part.strip())
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a comma-separated list of frame distances") from None
+    if not values or min(values) < 1:
+        raise argparse.ArgumentTypeError(f"{text!r} needs frame distances >= 1")
+    return values
+
+
+def add_stylize_options(parser: argparse.ArgumentParser) -> None:
+    """INPUT, --style, --out and the engine options: shared by ``stylize`` and ``submit``."""
+    parser.add_argument("input", metavar="INPUT", help="video file, directory of images (name order) or glob")
+    parser.add_argument("--style", action="append", required=True, metavar="IMAGE",
+                        help="style image (repeatable)")
+    parser.add_argument("--out", required=True, metavar="DIR", help="output directory")
+    parser.add_argument("--width", type=_positive_int, metavar="PX",
+                        help="processing width (default: frame width)")
+    parser.add_argument("--iterations", type=_positive_int, metavar="N",
+                        help="iterations per later frame (multipass: per pass); default 1000 (multipass 100)")
+    parser.add_argument("--first-iterations", type=_positive_int, metavar="N",
+                        help="iterations for the first frame (every frame in per-frame mode); "
+                             "default 2x --iterations")
+    parser.add_argument("--mode", choices=MODES, default="temporal")
+    parser.add_argument("--style-keyframes", metavar="FILE.json", help="per style, {frame: weight} keyframes")
+    parser.add_argument("--preserve-colors", action="store_true",
+                        help="transfer luminance only, keep the content's colours")
+    parser.add_argument("--device", default="auto", help="auto, cpu or cuda (default auto)")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--passes", type=_positive_int, default=15,
+                        help="multipass: number of passes (default 15)")
+    parser.add_argument("--flow", choices=("dis", "farneback", "raft"), default="dis",
+                        help="optical flow method")
+    parser.add_argument("--long-term", type=_distances, default=(1, 2, 4), metavar="J",
+                        help="frame distances of the temporal constraints (default 1,2,4)")
+    parser.add_argument("--optimizer", choices=("lbfgs", "adam"), default="lbfgs")
+    parser.add_argument("--init", choices=("content", "noise"), default="content",
+                        help="first-frame initialization")
+    parser.add_argument("--content-weight", type=float, default=5.0)
+    parser.add_argument("--style-weight", type=float, default=1e2)
+    parser.add_argument("--temporal-weight", type=float, default=1e3)
+    parser.add_argument("--tv-weight", type=float, default=1e-3)
+    parser.add_argument("--style-scale", type=float, default=1.0)
+    parser.add_argument("--no-early-stop", action="store_true", help="always run every iteration")
+    parser.add_argument("--resume", action="store_true",
+                        help="keep frames already in DIR (frame_000001.png onwards) and continue after them")
+    parser.add_argument("--video", metavar="OUT.mp4", help="also write the result as an mp4")
+    parser.add_argument("--fps", type=float, default=24.0, help="frame rate of --video (default 24)")
+
+
+def options_from_args(args) -> StylizeOptions:
+    return StylizeOptions(
+        mode=args.mode, width=args.width, iterations=args.iterations, first_iterations=args.first_iterations,
+        passes=args.passes, content_weight=args.content_weight, style_weight=args.style_weight,
+        temporal_weight=args.temporal_weight, tv_weight=args.tv_weight, long_term=args.long_term,
+        optimizer=args.optimizer, early_stop=not args.no_early_stop, init=args.init,
+        style_scale=args.style_scale, preserve_colors=args.preserve_colors, flow=args.flow,
+        device=args.device, seed=args.seed,
+    )

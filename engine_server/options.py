@@ -1,0 +1,59 @@
+"""What a stylize run is asked to do: :class:`StylizeOptions`, shared by the CLI, the API and the engine
+server's jobs. Plain data (no torch), so front ends can build and check options without the engine.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from .errors import InputError
+
+MODES = ("temporal", "per-frame", "multipass")
+
+
+@dataclass
+class StylizeOptions:
+    mode: str = "temporal"
+    width: int | None = None                 # processing width; None: the frames' own size
+    iterations: int | None = None            # later frames (per pass in multipass); None: mode default
+    first_iterations: int | None = None      # first frame (every frame in per-frame mode)
+    passes: int = 15                         # multipass
+    content_weight: float = 5.0
+    style_weight: float = 1e2
+    temporal_weight: float = 1e3
+    multipass_temporal_weight: float = 5e2
+    tv_weight: float = 1e-3
+    long_term: tuple[int, ...] = (1, 2, 4)   # frame distances J of the temporal constraints
+    optimizer: str = "lbfgs"
+    learning_rate: float = 10.0
+    early_stop: bool = True
+    init: str = "content"                    # first frame: "content" or "noise"
+    style_scale: float = 1.0
+    preserve_colors: bool = False
+    flow: str = "dis"
+    device: str = "auto"
+    seed: int = 0
+    vgg_weights: str = "auto"
+
+    def resolved_iterations(self) -> tuple[int, int]:
+        """(first-frame, later-frame) iterations: the reference's 2000 / 1000, or 100 per pass."""
+        later = self.iterations or (100 if self.mode == "multipass" else 1000)
+        first = self.first_iterations or (later if self.mode == "multipass" else 2 * later)
+        return first, later
+
+    def validate(self) -> None:
+        if self.mode not in MODES:
+            raise InputError(f"--mode {self.mode}: expected one of {', '.join(MODES)}")
+        if self.init not in ("content", "noise"):
+            raise InputError(f"init {self.init!r}: expected content or noise")
+        if self.optimizer not in ("lbfgs", "adam"):
+            raise InputError(f"optimizer {self.optimizer!r}: expected lbfgs or adam")
+        for name in ("iterations", "first_iterations", "width"):
+            value = getattr(self, name)
+            if value is not None and value < 1:
+                raise InputError(f"--{name.replace('_', '-')} {value}: must be at least 1")
+        if self.passes < 1:
+            raise InputError(f"--passes {self.passes}: must be at least 1")
+        if not self.long_term or any(j < 1 for j in self.long_term):
+            raise InputError(f"long-term distances {self.long_term}: need positive frame distances")
+        if self.device not in ("auto", "cpu", "cuda") and not self.device.startswith("cuda:"):
+            raise InputError(f"--device {self.device}: expected auto, cpu or cuda")
