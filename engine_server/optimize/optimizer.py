@@ -1,7 +1,7 @@
 """Optimize one frame's image against its :class:`~.objective.Objective`.
 
-L-BFGS (history 100, unit step, no line search, as the reference) or Adam, one iteration per step so
-progress is reported and cancellation honoured between iterations. Early stop as the reference:
+L-BFGS (history 100, unit step, no line search, as the reference; :mod:`.lbfgs`) or Adam, one iteration
+per step so progress is reported and cancellation honoured between iterations. Early stop as the reference:
 when the loss changed by less than 1e-4 (relative) over the last 50 iterations.
 """
 from __future__ import annotations
@@ -13,6 +13,7 @@ import torch
 
 from ..errors import Cancelled
 from ..style.vgg import VGG19Features
+from .lbfgs import LBFGS
 from .objective import Objective
 
 
@@ -24,6 +25,8 @@ class OptimizerSettings:
     early_stop: bool = True
     tolerance: float = 1e-4
     tolerance_interval: int = 50
+    history: int = 100              # L-BFGS pairs kept (the reference's 100)
+    readback_interval: int | None = None  # iterations between loss read-backs; None: 1 on CPU, 10 on GPU
 
 
 @dataclass
@@ -46,32 +49,41 @@ def optimize_frame(
 ) -> FrameOutcome:
     image = init.detach().clone().requires_grad_(True)
     if settings.method == "lbfgs":
-        optimizer = torch.optim.LBFGS(
-            [image], lr=1.0, max_iter=1, history_size=100, tolerance_grad=0.0, tolerance_change=0.0
-        )
+        lbfgs, adam = LBFGS(image.numel(), settings.history, image.device), None
     elif settings.method == "adam":
-        optimizer = torch.optim.Adam([image], lr=settings.learning_rate)
+        lbfgs, adam = None, torch.optim.Adam([image], lr=settings.learning_rate)
     else:
         raise ValueError(f"unknown optimizer {settings.method!r} (lbfgs, adam)")
-
+    # Losses stay on the device and are read back in batches: on a GPU a .item() per iteration would
+    # make it wait for the host every time. On the CPU there is nothing to wait for.
+    readback = settings.readback_interval or (1 if image.device.type == "cpu" else 10)
     history: list[float] = []
-
-    def closure():
-        optimizer.zero_grad(set_to_none=True)
-        total = objective.terms(image, vgg)["total"]
-        total.backward()
-        history.append(total.item())
-        return total
+    pending: list[torch.Tensor] = []
 
     done = 0
     for done in range(1, settings.iterations + 1):
         if should_stop is not None and should_stop():
             raise Cancelled("cancelled")
-        optimizer.step(closure)
-        if on_iteration is not None:
-            on_iteration(done, history[-1])
-        if _converged(history, settings):
-            break
+        total = objective.terms(image, vgg)["total"]
+        (grad,) = torch.autograd.grad(total, image)
+        pending.append(total.detach())
+        if lbfgs is not None:
+            lbfgs.step(image.data.view(-1), grad)
+        else:
+            image.grad = grad
+            adam.step()
+        if len(pending) < readback and done < settings.iterations:
+            continue
+        values = torch.stack(pending + ([lbfgs.stalled.to(total.dtype)] if lbfgs is not None else [])).tolist()
+        stalled = lbfgs is not None and values.pop() > 0
+        first = done - len(pending) + 1
+        pending.clear()
+        for i, value in enumerate(values):
+            history.append(value)
+            if on_iteration is not None:
+                on_iteration(first + i, value)
+        if stalled or _converged(history, settings):
+            break  # a direction that is not downhill cannot make progress: the frame is as good as it gets
 
     with torch.no_grad():
         image.clamp_(0.0, 255.0)

@@ -1,0 +1,134 @@
+"""The device-resident L-BFGS takes the same iterates as torch.optim.LBFGS in the reference's setting."""
+import copy
+
+import numpy as np
+import pytest
+import torch
+
+from engine_server.optimize.lbfgs import LBFGS
+from engine_server.optimize.objective import LossWeights, Objective
+from engine_server.optimize.optimizer import OptimizerSettings, optimize_frame
+from engine_server.style.targets import StyleTargets, image_tensor
+from engine_server.style.vgg import CONTENT_LAYERS, load_vgg19
+
+
+def torch_iterates(loss_fn, x0, steps, history):
+    x = x0.clone().requires_grad_(True)
+    opt = torch.optim.LBFGS([x], lr=1.0, max_iter=1, history_size=history, tolerance_grad=0.0, tolerance_change=0.0)
+
+    def closure():
+        opt.zero_grad()
+        loss = loss_fn(x)
+        loss.backward()
+        return loss
+
+    out = []
+    for _ in range(steps):
+        opt.step(closure)
+        out.append(x.detach().clone())
+    return out
+
+
+def our_iterates(loss_fn, x0, steps, history):
+    x = x0.clone().requires_grad_(True)
+    opt = LBFGS(x.numel(), history, dtype=x.dtype)
+    out = []
+    for _ in range(steps):
+        (grad,) = torch.autograd.grad(loss_fn(x), x)
+        opt.step(x.data, grad)
+        out.append(x.detach().clone())
+    return out, opt
+
+
+def quadratic(n, seed):
+    g = torch.Generator().manual_seed(seed)
+    q = torch.randn(n, n, generator=g, dtype=torch.float64)
+    a = q @ q.T / n + 0.05 * torch.eye(n, dtype=torch.float64)
+    b = torch.randn(n, generator=g, dtype=torch.float64)
+    return lambda x: 0.5 * x @ a @ x - b @ x
+
+
+def nonconvex(n, seed):
+    g = torch.Generator().manual_seed(seed)
+    c = torch.randn(n, generator=g, dtype=torch.float64) * 2
+    return lambda x: torch.log1p((x - c) ** 2).sum() + 0.05 * (x ** 2).sum() + 0.3 * torch.sin(x).sum()
+
+
+@pytest.mark.parametrize("problem,history,steps", [(quadratic, 5, 40), (quadratic, 100, 25), (nonconvex, 4, 40)])
+def test_same_iterates_as_torch_lbfgs(problem, history, steps):
+    loss_fn = problem(30, 1)
+    x0 = torch.linspace(-1, 1, 30, dtype=torch.float64)
+    expected = torch_iterates(loss_fn, x0, steps, history)
+    got, opt = our_iterates(loss_fn, x0, steps, history)
+    for i, (e, o) in enumerate(zip(expected, got)):
+        assert torch.allclose(o, e, rtol=1e-7, atol=1e-9), f"iterate {i + 1} differs by {(o - e).abs().max()}"
+    assert loss_fn(got[-1]) < loss_fn(x0)
+    if history < steps:
+        assert int(opt.count) > history  # the ring wrapped: eviction was exercised
+    assert not bool(opt.stalled)
+
+
+def test_rejected_curvature_pairs_are_skipped_like_torch():
+    # A concave stretch makes y.s <= 0 on some steps: torch drops those pairs, and so must we.
+    loss_fn = lambda x: -torch.cos(x).sum() + 0.01 * (x ** 4).sum()  # noqa: E731
+    x0 = torch.full((6,), 2.5, dtype=torch.float64)
+    expected = torch_iterates(loss_fn, x0, 20, 10)
+    got, opt = our_iterates(loss_fn, x0, 20, 10)
+    assert int(opt.count) < 19  # some pairs were rejected
+    for e, o in zip(expected, got):
+        assert torch.allclose(o, e, rtol=1e-7, atol=1e-9)
+
+
+def test_a_direction_that_is_not_downhill_stops_the_point():
+    loss_fn = quadratic(10, 2)
+    x0 = torch.zeros(10, dtype=torch.float64)
+    got, opt = our_iterates(loss_fn, x0, 3, 5)
+    opt._inverse_hessian_times = lambda g: -g  # a broken curvature model: the direction points uphill
+    x = got[-1].clone()
+    (grad,) = torch.autograd.grad(loss_fn(x.requires_grad_(True)), x)
+    before = x.detach().clone()
+    opt.step(x.data, grad)
+    assert bool(opt.stalled)
+    assert torch.equal(x.detach(), before)
+
+
+def test_optimize_frame_stops_when_stalled(monkeypatch):
+    net = load_vgg19("cpu")
+    content = image_tensor(np.random.default_rng(3).integers(0, 255, (24, 24, 3)).astype(np.uint8), "cpu")
+    with torch.no_grad():
+        feats = net(content, CONTENT_LAYERS)
+    objective = Objective(feats, {}, 0.0, LossWeights())
+    original = LBFGS.step
+
+    def step_then_stall(self, x, grad):
+        original(self, x, grad)
+        if self.iteration == 4:
+            self.stalled.fill_(True)
+
+    monkeypatch.setattr(LBFGS, "step", step_then_stall)
+    out = optimize_frame(content + 10.0, objective, net, OptimizerSettings(50, early_stop=False))
+    assert out.iterations == 4
+
+
+def test_vgg_objective_matches_torch_lbfgs():
+    """The engine's real objective: the old optimizer (torch's LBFGS) and ours take the same iterates.
+
+    In float64: unit-step L-BFGS on this objective is chaotic in its first steps (torch's own float32 and
+    float64 runs part by tens of pixel values within 8 iterations), so float32 cannot tell a bug from
+    round-off."""
+    net = copy.deepcopy(load_vgg19("cpu")).double()
+    rng = np.random.default_rng(0)
+    content = image_tensor(rng.integers(0, 255, (32, 32, 3)).astype(np.uint8), "cpu").double()
+    stripes = np.zeros((32, 32, 3), np.uint8)
+    stripes[::4] = (255, 200, 0)
+    targets = StyleTargets([stripes], net, (32, 32), "cpu")
+    grams, strength = targets.blend(np.array([1.0]))
+    with torch.no_grad():
+        feats = net(content, CONTENT_LAYERS)
+    objective = Objective(feats, grams, strength, LossWeights())
+    loss_fn = lambda x: objective.terms(x, net)["total"]  # noqa: E731
+    expected = torch_iterates(loss_fn, content, 10, 100)
+    got = our_iterates(loss_fn, content, 10, 100)[0]
+    for e, o in zip(expected, got):
+        assert (o - e).abs().max() < 1e-6 * 255
+    assert loss_fn(got[-1]) < loss_fn(content)
