@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from .options import MODES, StylizeOptions
+from .options import MODES, PRECISIONS, SCHEDULES, StylizeOptions
 
 
 class Parser(argparse.ArgumentParser):
@@ -46,6 +46,12 @@ def add_stylize_options(parser: argparse.ArgumentParser) -> None:
                         help="iterations for the first frame (every frame in per-frame mode); "
                              "default 2x --iterations")
     parser.add_argument("--mode", choices=MODES, default="temporal")
+    parser.add_argument("--schedule", choices=SCHEDULES, default="pyramid",
+                        help="pyramid: coarse to fine, about 22 %% of the time of the flat run that the iteration "
+                             "counts name (default); reference: the flat full-size schedule")
+    parser.add_argument("--precision", choices=PRECISIONS, default="auto",
+                        help="VGG's arithmetic: bf16 (mixed precision, the default on CUDA) or fp32 "
+                             "(the default on the CPU)")
     parser.add_argument("--style-keyframes", metavar="FILE.json", help="per style, {frame: weight} keyframes")
     parser.add_argument("--preserve-colors", action="store_true",
                         help="transfer luminance only, keep the content's colours")
@@ -64,7 +70,9 @@ def add_stylize_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--style-weight", type=float, default=1e2)
     parser.add_argument("--temporal-weight", type=float, default=1e3)
     parser.add_argument("--tv-weight", type=float, default=1e-3)
-    parser.add_argument("--style-scale", type=float, default=1.0)
+    parser.add_argument("--style-scale", type=float, default=1.0,
+                        help="size of the painting's strokes: the style image's side relative to the frame's "
+                             "(the reference's meaning; default 1)")
     parser.add_argument("--no-early-stop", action="store_true", help="always run every iteration")
     parser.add_argument("--resume", action="store_true",
                         help="keep frames already in DIR (frame_000001.png onwards) and continue after them")
@@ -74,10 +82,10 @@ def add_stylize_options(parser: argparse.ArgumentParser) -> None:
 
 def options_from_args(args) -> StylizeOptions:
     return StylizeOptions(
-        mode=args.mode, width=args.width, iterations=args.iterations, first_iterations=args.first_iterations,
+        mode=args.mode, schedule=args.schedule, width=args.width, iterations=args.iterations, first_iterations=args.first_iterations,
         passes=args.passes, content_weight=args.content_weight, style_weight=args.style_weight,
         temporal_weight=args.temporal_weight, tv_weight=args.tv_weight, long_term=args.long_term,
         optimizer=args.optimizer, early_stop=not args.no_early_stop, init=args.init,
         style_scale=args.style_scale, preserve_colors=args.preserve_colors, flow=args.flow,
-        device=args.device, seed=args.seed,
+        device=args.device, seed=args.seed, precision=args.precision,
     )

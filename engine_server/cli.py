@@ -72,7 +72,7 @@ def run_stylize(args) -> int:
     source = open_frames(args.input, options.width)
     weights = load_style_weights(args.style_keyframes, args.style, len(source))
     stylizer = Stylizer(args.style, options)
-    done = {}
+    done = {}  # images of finished frames: the run uses the last few and drops each after use
     if args.resume:
         for index in range(1, finished_frames(out_dir, len(source)) + 1):
             done[index] = read_image(out_dir / frame_filename(index), "finished frame")
@@ -88,28 +88,31 @@ def run_stylize(args) -> int:
                       "frame-pass" if passes > 1 else "frame")
     stylizer.progress = bar
     started = time.perf_counter()
-    images = dict(done)
+    finished = set(done)
     try:
         for result in stylizer.run(source, weights, done):
             write_frame(out_dir, result.index, result.image)
-            images[result.index] = result.image
+            finished.add(result.index)
             report["frames"].append({"index": result.index, "seconds": round(result.seconds, 3),
-                                     "iterations": result.iterations,
+                                     "iterations": result.iterations, "schedule": result.schedule,
+                                     "levels": result.levels, "cut": result.cut,
                                      "losses": {k: float(v) for k, v in result.losses.items()}})
+            if result.cut:
+                report["cuts"] = sorted({*report.get("cuts", []), result.index})
             write_report(report_path, report)
         report["status"] = "done"
     except KeyboardInterrupt:
         report["status"] = "interrupted"
-        print(f"interrupted: {len(images)} finished frames kept in {out_dir} (--resume continues)", file=sys.stderr)
+        print(f"interrupted: {len(finished)} finished frames kept in {out_dir} (--resume continues)", file=sys.stderr)
         return 130
     finally:
         bar.close()
         report["seconds"] = round(time.perf_counter() - started, 3)
         report["frames"].sort(key=lambda f: f["index"])
         write_report(report_path, report)
-    if args.video:
-        write_video([images[i] for i in sorted(images)], args.video, args.fps)
-    print(f"wrote {len(images)} frames to {out_dir}", file=sys.stderr)
+    if args.video:  # read back from disk one at a time: the run kept no finished images
+        write_video((read_image(out_dir / frame_filename(i), "frame") for i in sorted(finished)), args.video, args.fps)
+    print(f"wrote {len(finished)} frames to {out_dir}", file=sys.stderr)
     return 0
 
 

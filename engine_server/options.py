@@ -8,6 +8,8 @@ from dataclasses import dataclass
 from .errors import InputError
 
 MODES = ("temporal", "per-frame", "multipass")
+SCHEDULES = ("pyramid", "reference")  # engine_server.optimize.schedule implements them
+PRECISIONS = ("auto", "fp32", "bf16")  # auto: bf16 on CUDA, fp32 on the CPU
 
 
 @dataclass
@@ -17,6 +19,8 @@ class StylizeOptions:
     iterations: int | None = None            # later frames (per pass in multipass); None: mode default
     first_iterations: int | None = None      # first frame (every frame in per-frame mode)
     passes: int = 15                         # multipass
+    schedule: str = "pyramid"                # "pyramid" (coarse to fine) or "reference" (flat, full size)
+    coarsest_side: int | None = None         # pyramid: short side of the coarsest level; None: automatic
     content_weight: float = 5.0
     style_weight: float = 1e2
     temporal_weight: float = 1e3
@@ -33,6 +37,7 @@ class StylizeOptions:
     device: str = "auto"
     seed: int = 0
     vgg_weights: str = "auto"
+    precision: str = "auto"                  # VGG's convolutions: "bf16" (mixed, CUDA's default) or "fp32"
 
     def resolved_iterations(self) -> tuple[int, int]:
         """(first-frame, later-frame) iterations: the reference's 2000 / 1000, or 100 per pass."""
@@ -45,12 +50,20 @@ class StylizeOptions:
             raise InputError(f"--mode {self.mode}: expected one of {', '.join(MODES)}")
         if self.init not in ("content", "noise"):
             raise InputError(f"init {self.init!r}: expected content or noise")
+        if self.schedule not in SCHEDULES:
+            raise InputError(f"--schedule {self.schedule}: expected one of {', '.join(SCHEDULES)}")
+        if self.precision not in PRECISIONS:
+            raise InputError(f"--precision {self.precision}: expected one of {', '.join(PRECISIONS)}")
+        if self.coarsest_side is not None and self.coarsest_side < 16:
+            raise InputError(f"coarsest side {self.coarsest_side}: must be at least 16 px")
         if self.optimizer not in ("lbfgs", "adam"):
             raise InputError(f"optimizer {self.optimizer!r}: expected lbfgs or adam")
         for name in ("iterations", "first_iterations", "width"):
             value = getattr(self, name)
             if value is not None and value < 1:
                 raise InputError(f"--{name.replace('_', '-')} {value}: must be at least 1")
+        if not 0 < self.style_scale <= 16:
+            raise InputError(f"--style-scale {self.style_scale}: expected a number in (0, 16]")
         if self.passes < 1:
             raise InputError(f"--passes {self.passes}: must be at least 1")
         if not self.long_term or any(j < 1 for j in self.long_term):

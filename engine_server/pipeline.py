@@ -10,7 +10,7 @@
 from __future__ import annotations
 
 import time
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass, field, replace
 from typing import Callable, Iterator, Sequence
 
 import numpy as np
@@ -18,10 +18,11 @@ import torch
 
 from .errors import Cancelled, InputError
 from .io.frames import FrameLike, FrameSource, open_frames, read_image, to_rgb8
-from .motion import temporal
+from .motion import cuts, temporal
 from .motion.flow import make_flow
 from .optimize.objective import LossWeights, Objective
-from .optimize.optimizer import OptimizerSettings, optimize_frame
+from .optimize import schedule
+from .optimize.optimizer import FrameOutcome, OptimizerSettings, optimize_levels
 from .options import StylizeOptions
 from .style import color
 from .style.targets import StyleTargets, image_tensor, tensor_image
@@ -50,8 +51,19 @@ class FrameResult:
     image: np.ndarray        # HxWx3 uint8 RGB at processing size
     seconds: float
     losses: dict[str, float]
-    iterations: int
+    iterations: int          # over all levels
     resumed: bool = False    # taken over from an earlier run, not recomputed
+    schedule: str = "reference"
+    levels: list[dict] = field(default_factory=list)  # per level: size and iterations run
+    cut: bool = False        # a scene cut before this frame: it started afresh, like a first frame
+
+
+def resolve_precision(name: str, device: torch.device) -> str:
+    """'auto' is mixed precision (bf16 convolutions, float32 losses) on CUDA and float32 on the CPU, where
+    bfloat16 convolutions are no faster."""
+    if name == "auto":
+        return "bf16" if device.type == "cuda" and torch.cuda.is_bf16_supported() else "fp32"
+    return name
 
 
 def resolve_device(name: str) -> torch.device:
@@ -62,6 +74,10 @@ def resolve_device(name: str) -> torch.device:
     device = torch.device(name)
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = True  # one frame size per clip: let cuDNN pick its fastest kernels
+        # TF32 tensor cores for the float32 matrix products (Gram matrices, fp32 convolutions): 10 mantissa
+        # bits are plenty for a loss that is itself an average over millions of terms.
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True
     return device
 
 
@@ -100,7 +116,8 @@ class Stylizer:
         self.options.validate()
         self.device = resolve_device(self.options.device)
         self.style_images = load_styles(styles)
-        self.vgg = load_vgg19(self.device, self.options.vgg_weights)
+        self.precision = resolve_precision(self.options.precision, self.device)
+        self.vgg = load_vgg19(self.device, self.options.vgg_weights, self.precision)
         self.flow = make_flow(self.options.flow, device=self.device) if self.options.mode != "per-frame" else None
         self.progress = progress
         self.cancel = cancel
@@ -114,6 +131,7 @@ class Stylizer:
             "options": asdict(self.options),
             "iterations": {"first": first, "later": later},
             "device": str(self.device),
+            "precision": self.precision,
             "weights_source": {"name": self.vgg.source.name, "path": self.vgg.source.path},
             "flow": getattr(self.flow, "name", None),
             "torch": torch.__version__,
@@ -134,6 +152,7 @@ class Stylizer:
         torch.manual_seed(self.options.seed)
         np.random.seed(self.options.seed)
         run = _Run(self, source, style_weights, dict(done or {}))
+        del done  # the run holds each earlier image only until it has been used
         if self.options.mode == "multipass":
             yield from run.multipass()
         else:
@@ -149,16 +168,15 @@ class _Run:
         self.source = source
         self.count = len(source)
         self.style_weights = style_weights
-        self.done = done
+        self.done = done  # images of frames an earlier run finished; each is dropped once it has been used
+        self.finished = set(done)  # indices only: finished frames' images are not kept (memory stays flat)
         self.started = time.perf_counter()
         self.first_iterations, self.later_iterations = self.opts.resolved_iterations()
-        self.iterations_done = 0
+        self.work_done = 0.0  # in full-size iterations, for the ETA
         self.colour_reference = source[0] if self.opts.preserve_colors else None
         self._emit(Progress("setup", 0, self.count))
-        self.targets = StyleTargets(
-            stylizer.style_images, stylizer.vgg, source.size, stylizer.device,
-            self.opts.style_scale, self.colour_reference,
-        )
+        self.targets: dict[tuple[int, int], StyleTargets] = {}
+        self.targets_at(source.size)
 
     # -- helpers ---------------------------------------------------------------------------------
     def _emit(self, event: Progress) -> None:
@@ -179,28 +197,49 @@ class _Run:
             return color.recombine(result, content_rgb)
         return np.clip(result, 0, 255).round().astype(np.uint8)
 
+    def targets_at(self, size: tuple[int, int]) -> StyleTargets:
+        """The styles' Gram targets for frames of ``size`` (each pyramid level has its own)."""
+        if size not in self.targets:
+            self.targets[size] = StyleTargets(self.s.style_images, self.s.vgg, size, self.s.device,
+                                              self.opts.style_scale, self.colour_reference)
+        return self.targets[size]
+
     def objective(self, index: int, content: torch.Tensor, constraints=(), temporal_weight=None) -> Objective:
         with torch.no_grad():
             content_feats = self.s.vgg(content, CONTENT_LAYERS)
-        grams, strength = self.targets.blend(self.style_weights[index])
+        size = (content.shape[-1], content.shape[-2])
+        grams, strength = self.targets_at(size).blend(self.style_weights[index])
         return Objective(content_feats, grams, strength, self.s.weights, list(constraints), temporal_weight)
 
-    def optimize(self, index, init, objective, iterations, total_work, pass_index=1, pass_count=1):
+    def levels(self, iterations: int, schedule_name: str | None = None) -> list[schedule.Level]:
+        return schedule.plan(schedule_name or self.opts.schedule, self.source.size, iterations,
+                             self.opts.coarsest_side)
+
+    def optimize(self, index, init, content, constraints, iterations, total_work, temporal_weight=None,
+                 pass_index=1, pass_count=1, schedule_name=None) -> FrameOutcome:
+        """One frame on its schedule's levels; content, constraints and init are given at full size."""
+        levels = self.levels(iterations, schedule_name)
+        planned = sum(level.iterations for level in levels)
+        full_pixels = self.source.size[0] * self.source.size[1]
         settings = OptimizerSettings(
             iterations, self.opts.optimizer, self.opts.learning_rate,
             early_stop=self.opts.early_stop and self.opts.mode != "multipass",
         )
-        frames_done = len(self.done)
+        frames_done = len(self.finished)
+        level_cost = [1.0]
+
+        def objective_at(size: tuple[int, int]) -> Objective:
+            level_cost[0] = size[0] * size[1] / full_pixels
+            scaled = [(schedule.resize(warped, size), schedule.resize(mask, size)) for warped, mask in constraints]
+            return self.objective(index, schedule.resize(content, size), scaled, temporal_weight)
 
         def on_iteration(i: int, loss: float) -> None:
-            self.iterations_done += 1
-            elapsed = time.perf_counter() - self.started
-            rate = elapsed / self.iterations_done
-            remaining = max(0, total_work - self.iterations_done)
-            self._emit(Progress("optimize", index + 1, self.count, i, iterations, loss,
-                                pass_index, pass_count, frames_done, eta=rate * remaining))
+            self.work_done += level_cost[0]
+            rate = (time.perf_counter() - self.started) / self.work_done
+            self._emit(Progress("optimize", index + 1, self.count, i, planned, loss,
+                                pass_index, pass_count, frames_done, eta=rate * max(0.0, total_work - self.work_done)))
 
-        return optimize_frame(init, objective, self.s.vgg, settings, on_iteration, self._stopped)
+        return optimize_levels(init, levels, objective_at, self.s.vgg, settings, on_iteration, self._stopped)
 
     def first_image(self, content: torch.Tensor) -> torch.Tensor:
         if self.opts.init == "noise":
@@ -223,11 +262,15 @@ class _Run:
         device = self.s.device
         outputs: dict[int, torch.Tensor] = {}  # optimization-space results still needed as targets
         keep = max(self.opts.long_term) if flows is not None else 0
-        todo = [i for i in range(self.count) if i + 1 not in self.done]
-        total_work = sum(self._iterations_for(i) for i in todo)
+        todo = [i for i in range(self.count) if i + 1 not in self.finished]
+        shot_start = 0
+        total_work = sum(schedule.cost(self.levels(self._iterations_for(i))) for i in todo)
         for index in range(self.count):
-            if index + 1 in self.done:
-                outputs[index] = image_tensor(self.content_space(self.done[index + 1]), device)
+            if index + 1 in self.finished:
+                earlier_output = self.done.pop(index + 1)
+                if index + keep >= min(todo, default=self.count):  # only the last `keep` are ever needed
+                    outputs[index] = image_tensor(self.content_space(earlier_output), device)
+                del earlier_output  # the caller's image is not kept past this point
                 outputs.pop(index - keep, None)
                 continue
             if self._stopped():
@@ -235,23 +278,33 @@ class _Run:
             started = time.perf_counter()
             rgb = self.source[index]
             content = image_tensor(self.content_space(rgb), device)
-            constraints, init = [], None
+            constraints, init, cut = [], None, None
             if flows is not None and index > 0:
                 self._emit(Progress("flow", index + 1, self.count))
                 earlier = flows.pairs(index)
-                constraints = temporal.constraints([(pair, outputs[index - j]) for j, pair in earlier], device)
                 if earlier[0][0] == 1:
+                    cut = cuts.detect_cut(self.source[index - 1], rgb, earlier[0][1].b_to_a,
+                                          earlier[0][1].certainty_on_b)
+                if cut is not None and cut.is_cut:
+                    shot_start = index  # nothing before the cut constrains or starts anything after it
+                    outputs.clear()
+                earlier = [(j, pair) for j, pair in earlier if index - j >= shot_start]
+                if earlier:
+                    constraints = temporal.constraints([(pair, outputs[index - j]) for j, pair in earlier], device)
+                if earlier and earlier[0][0] == 1:
                     warped_prev, mask = constraints[0]
                     init = temporal.initialization(content, warped_prev, mask)
             if init is None:
                 init = self.first_image(content)
-            outcome = self.optimize(index, init, self.objective(index, content, constraints),
-                                    self._iterations_for(index), total_work)
+            first_of_shot = index == shot_start or self.opts.mode == "per-frame"
+            iterations = self.first_iterations if first_of_shot else self.later_iterations
+            outcome = self.optimize(index, init, content, constraints, iterations, total_work)
             outputs[index] = outcome.image
             outputs.pop(index - keep, None)
-            result = FrameResult(index + 1, self.to_output(outcome.image, rgb),
-                                 time.perf_counter() - started, outcome.losses, outcome.iterations)
-            self.done[index + 1] = result.image
+            result = FrameResult(index + 1, self.to_output(outcome.image, rgb), time.perf_counter() - started,
+                                 outcome.losses, outcome.iterations, schedule=self.opts.schedule,
+                                 levels=outcome.levels, cut=bool(cut is not None and cut.is_cut))
+            self.finished.add(index + 1)
             yield result
         self._emit(Progress("done", self.count, self.count, frames_done=self.count))
 
@@ -302,9 +355,9 @@ class _Run:
                 else:
                     init = results[index].to(device)
                 use_temporal = constraint is not None and pass_index >= temporal_from
-                objective = self.objective(index, content, [constraint] if use_temporal else [],
-                                           temporal_weight=opts.multipass_temporal_weight)
-                outcome = self.optimize(index, init, objective, iterations, total_work, pass_index, passes)
+                outcome = self.optimize(index, init, content, [constraint] if use_temporal else [], iterations,
+                                        total_work, opts.multipass_temporal_weight, pass_index, passes,
+                                        schedule_name="reference")
                 results[index] = outcome.image.cpu()
                 seconds[index] += time.perf_counter() - started
                 if pass_index == passes:

@@ -96,3 +96,29 @@ def test_bad_options_are_input_errors():
         Stylizer([style_image()], StylizeOptions(mode="sideways"))
     with pytest.raises(InputError, match="--style"):
         Stylizer([], StylizeOptions())
+
+
+@pytest.mark.parametrize("mode", ["temporal", "per-frame"])
+def test_finished_frames_are_not_kept(mode):
+    """Host memory stays flat over a long run: the engine keeps no finished frame's image (only the last
+    few outputs, as tensors, for the temporal constraints)."""
+    import gc
+    import weakref
+
+    clip = moving_clip(8)
+    resumed_image = clip[0].copy()
+    refs = [weakref.ref(resumed_image)]
+    resumed = {1: resumed_image}
+    del resumed_image  # from here on only the engine holds the resumed frame
+    stylizer = Stylizer([style_image()], StylizeOptions(mode=mode, iterations=1, first_iterations=1, device="cpu",
+                                                         long_term=(1,)))
+    frames = stylizer.run(clip, done=resumed)
+    del resumed
+    for result in frames:
+        refs.append(weakref.ref(result.image))
+        del result
+        gc.collect()
+        # The generator may still hold the frame it just yielded; nothing older may be alive.
+        alive = [index for index, ref in enumerate(refs[:-1], start=1) if ref() is not None]
+        assert not alive, f"frames {alive} still referenced after frame {len(refs)}"
+    assert len(refs) == 8

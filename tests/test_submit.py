@@ -103,14 +103,14 @@ def test_unreachable_engine_is_one_line_and_no_hang(material, tmp_path):
     assert address in line and "did not answer" in line
 
 
-@pytest.mark.parametrize("case", ["missing input", "engine refuses", "wrong device", "bad style"])
+@pytest.mark.parametrize("case", ["missing input", "bad option", "wrong device", "bad style"])
 def test_bad_input_exits_2_with_one_line(engine, material, tmp_path, case):
     folder, options = material
     args = [folder / "clip", *options]
     if case == "missing input":
         args[0] = tmp_path / "nope.mp4"
-    elif case == "engine refuses":
-        args += ["--style-scale", 100]  # the engine's validation: a number in (0, 16]
+    elif case == "bad option":
+        args += ["--style-scale", 100]  # a number in (0, 16]: refused before anything is uploaded
     elif case == "wrong device":
         args[args.index("--device") + 1] = "cuda"
     else:
@@ -118,7 +118,7 @@ def test_bad_input_exits_2_with_one_line(engine, material, tmp_path, case):
         args += ["--style", tmp_path / "style.png"]
     result = run_cli("submit", *args, "--out", tmp_path / "out", "--server", engine.address)
     line = one_line_error(result)
-    expected = {"missing input": "nope.mp4", "engine refuses": "style_scale", "wrong device": "cpu",
+    expected = {"missing input": "nope.mp4", "bad option": "style-scale", "wrong device": "cpu",
                 "bad style": "style.png"}[case]
     assert expected in line
 

@@ -6,10 +6,11 @@ half-written frame that a resumed run would trust. The engine server's job store
 from __future__ import annotations
 
 import glob
+import itertools
 import os
 import re
 from pathlib import Path
-from typing import Sequence, Union
+from typing import Iterable, Sequence, Union
 
 import cv2
 import numpy as np
@@ -190,15 +191,20 @@ def finished_frames(out_dir: str | os.PathLike, count: int) -> int:
     return done
 
 
-def write_video(frames: Sequence[np.ndarray], path: str | os.PathLike, fps: float = 24.0) -> Path:
-    """Write RGB frames as an mp4 (MPEG-4 Part 2, which OpenCV's bundled FFmpeg always has)."""
+def write_video(frames: Iterable[np.ndarray], path: str | os.PathLike, fps: float = 24.0) -> Path:
+    """Write RGB frames as an mp4 (MPEG-4 Part 2, which OpenCV's bundled FFmpeg always has). ``frames``
+    may be a generator, so a long clip never has to be in memory at once."""
     path = Path(path)
-    h, w = frames[0].shape[:2]
+    frames = iter(frames)
+    first = next(frames, None)
+    if first is None:
+        raise ValueError(f"{path}: no frames to write")
+    h, w = first.shape[:2]
     writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"mp4v"), fps, (w, h))
     if not writer.isOpened():
         raise OSError(f"could not open {path} for writing")
     try:
-        for frame in frames:
+        for frame in itertools.chain([first], frames):
             writer.write(cv2.cvtColor(frame, cv2.COLOR_RGB2BGR))
     finally:
         writer.release()

@@ -6,13 +6,14 @@ when the loss changed by less than 1e-4 (relative) over the last 50 iterations.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from typing import Callable
 
 import torch
 
 from ..errors import Cancelled
 from ..style.vgg import VGG19Features
+from . import schedule
 from .lbfgs import LBFGS
 from .objective import Objective
 
@@ -34,6 +35,7 @@ class FrameOutcome:
     image: torch.Tensor          # (1, 3, H, W), pixel units, clamped to 0..255
     losses: dict[str, float]     # unweighted terms and the weighted total at the final image
     iterations: int
+    levels: list[dict] = field(default_factory=list)  # per level: size and iterations run
 
 
 IterationCallback = Callable[[int, float], None]
@@ -97,3 +99,33 @@ def _converged(history: list[float], settings: OptimizerSettings) -> bool:
         return False
     before, now = history[-1 - n], history[-1]
     return abs(before - now) <= settings.tolerance * abs(now)
+
+
+def optimize_levels(
+    init: torch.Tensor,
+    levels: list[schedule.Level],
+    objective_at: Callable[[tuple[int, int]], Objective],
+    vgg: VGG19Features,
+    settings: OptimizerSettings,
+    on_iteration: IterationCallback | None = None,
+    should_stop: Callable[[], bool] | None = None,
+) -> FrameOutcome:
+    """Coarse to fine over ``levels`` (the last one full size). Each level starts from ``init`` at its
+    size plus the upsampled change the level below made, so the start image's detail is kept."""
+    image = start = None
+    done = 0
+    report = []
+    for level in levels:
+        base = schedule.resize(init, level.size)
+        begin = base if image is None else base + schedule.resize(image - start, level.size)
+
+        def counted(i: int, loss: float, offset=done) -> None:
+            if on_iteration is not None:
+                on_iteration(offset + i, loss)
+
+        outcome = optimize_frame(begin, objective_at(level.size), vgg, replace(settings, iterations=level.iterations),
+                                 counted, should_stop)
+        done += outcome.iterations
+        report.append({"size": list(level.size), "iterations": outcome.iterations})
+        image, start = outcome.image, base
+    return FrameOutcome(outcome.image, outcome.losses, done, report)

@@ -30,7 +30,7 @@ def tensor_image(tensor: torch.Tensor) -> np.ndarray:
 
 
 def scale_to_area(style: np.ndarray, area: float) -> np.ndarray:
-    """The reference rescales the style image to the content frame's area (times style_scale)."""
+    """Rescale the style image to ``area`` pixels, keeping its aspect ratio."""
     h, w = style.shape[:2]
     factor = math.sqrt(area / (h * w))
     return resize(style, (max(16, round(w * factor)), max(16, round(h * factor))))
@@ -49,7 +49,9 @@ class StyleTargets:
         """``luminance_of``: a content frame whose luminance statistics grey styles are matched to
         (colour preservation); None keeps the styles' colours."""
         self.grams: list[dict[str, torch.Tensor]] = []
-        area = frame_size[0] * frame_size[1] * style_scale
+        # The reference sizes the style like the content frame, its side times style_scale (so its area
+        # times style_scale squared): 0.5 makes the painting's strokes half as large on the frame.
+        area = frame_size[0] * frame_size[1] * style_scale ** 2
         with torch.no_grad():
             for style in styles:
                 scaled = scale_to_area(style, area)

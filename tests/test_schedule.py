@@ -1,0 +1,90 @@
+"""Coarse-to-fine schedule: level sizes, iteration budget, residual upsampling, per-level targets."""
+import numpy as np
+import pytest
+import torch
+
+from engine_server import StylizeOptions, Stylizer
+from engine_server.optimize import schedule
+from engine_server.optimize.objective import LossWeights, Objective
+from engine_server.optimize.optimizer import OptimizerSettings, optimize_levels
+from engine_server.style.targets import image_tensor
+from engine_server.style.vgg import CONTENT_LAYERS, load_vgg19
+
+
+@pytest.mark.parametrize("size,expected", [
+    ((1280, 720), [(320, 180), (640, 360), (1280, 720)]),
+    ((1920, 1080), [(240, 135), (480, 270), (960, 540), (1920, 1080)]),
+    ((384, 164), [(192, 82), (384, 164)]),
+    ((720, 1280), [(180, 320), (360, 640), (720, 1280)]),  # portrait: the short side decides
+    ((200, 100), [(200, 100)]),                           # too small to coarsen
+])
+def test_pyramid_sizes(size, expected):
+    assert schedule.pyramid_sizes(size) == expected
+
+
+def test_coarsest_level_stays_between_64_and_255_px_on_the_short_side():
+    for short in (130, 200, 300, 480, 720, 1080, 1440, 2160):
+        sizes = schedule.pyramid_sizes((short * 16 // 9, short))
+        assert sizes[-1] == (short * 16 // 9, short)
+        if len(sizes) > 1:
+            assert 64 <= min(sizes[0]) <= 255, (short, sizes)
+
+
+@pytest.mark.parametrize("size", [(1280, 720), (1920, 1080), (384, 164)])
+@pytest.mark.parametrize("iterations", [100, 1000, 2000])
+def test_plan_spends_most_iterations_coarse_within_budget(size, iterations):
+    levels = schedule.plan("pyramid", size, iterations)
+    assert levels[-1].size == size and len(levels) >= 2
+    assert levels[0].iterations > levels[-1].iterations  # most iterations on the cheap levels
+    assert schedule.cost(levels) <= (schedule.BUDGET + 0.01) * iterations
+    assert schedule.cost(levels) >= 0.15 * iterations
+
+
+def test_reference_schedule_is_flat():
+    assert schedule.plan("reference", (1280, 720), 1000) == [schedule.Level((1280, 720), 1000)]
+    with pytest.raises(ValueError):
+        schedule.plan("bogus", (64, 64), 10)
+
+
+def test_levels_keep_the_start_images_detail():
+    """Coarse levels pass up only the change they made: an image already at its optimum (content loss
+    against itself) comes back unchanged, fine detail included; plain upsampling would blur it."""
+    net = load_vgg19("cpu")
+    rng = np.random.default_rng(1)
+    image = image_tensor(rng.integers(0, 255, (64, 96, 3)).astype(np.uint8), "cpu")
+    seen = []
+
+    def objective_at(size):
+        seen.append(size)
+        content = schedule.resize(image, size)
+        with torch.no_grad():
+            feats = net(content, CONTENT_LAYERS)
+        return Objective(feats, {}, 0.0, LossWeights(tv=0.0))
+
+    levels = schedule.plan("pyramid", (96, 64), 20, coarsest=16)
+    out = optimize_levels(image, levels, objective_at, net, OptimizerSettings(20))
+    assert seen == [level.size for level in levels] and len(seen) == 3
+    assert [lv["size"] for lv in out.levels] == [list(level.size) for level in levels]
+    assert (out.image - image).abs().max() < 0.5
+    blurred = schedule.resize(schedule.resize(image, (48, 32)), (96, 64))
+    assert (blurred - image).abs().mean() > 10  # the detail a plain upsampling would have lost
+
+
+def test_stylizer_runs_the_levels_and_reports_them():
+    rng = np.random.default_rng(2)
+    frame = np.asarray(rng.integers(40, 220, (64, 96, 3)), np.uint8)
+    style = np.zeros((48, 48, 3), np.uint8)
+    style[::4] = (250, 180, 20)
+    options = StylizeOptions(mode="per-frame", first_iterations=30, coarsest_side=16, device="cpu")
+    stylizer = Stylizer([style], options)
+    (result,) = list(stylizer.run([frame]))
+    expected = schedule.plan("pyramid", (96, 64), 30, coarsest=16)
+    assert result.schedule == "pyramid"
+    assert [lv["size"] for lv in result.levels] == [list(level.size) for level in expected]
+    assert all(0 < lv["iterations"] <= level.iterations for lv, level in zip(result.levels, expected))
+    assert result.iterations == sum(lv["iterations"] for lv in result.levels)
+    assert result.image.shape == (64, 96, 3)
+    flat = Stylizer([style], StylizeOptions(mode="per-frame", first_iterations=30, schedule="reference",
+                                            device="cpu"))
+    (reference,) = list(flat.run([frame]))
+    assert reference.levels == [{"size": [96, 64], "iterations": reference.iterations}]
