@@ -22,7 +22,7 @@ test: setup
 	$(PY) -m pytest -q
 
 bench: setup
-	$(PY) -m engine_server.bench
+	$(PY) -m engine_server.bench modes
 
 addon: setup
 	$(PY) build_addon.py

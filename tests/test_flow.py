@@ -103,7 +103,7 @@ def test_raft_runs_with_cached_weights(empty_hub_dir):
     torch.manual_seed(0)
     torch.save(raft_large(weights=None).state_dict(),
                checkpoints / os.path.basename(Raft_Large_Weights.DEFAULT.url))
-    estimator = make_flow("raft", device="cpu")
+    estimator = make_flow("raft", device="cpu", max_side=None)
     assert isinstance(estimator, RAFTFlow) and estimator.name == "raft"
     estimator.num_flow_updates = 2  # keep the test fast; the path is the same
     rng = np.random.default_rng(0)
@@ -127,3 +127,26 @@ def test_rejects_bad_frames():
         DISFlow()(a, np.zeros((20, 21, 3), np.uint8))
     with pytest.raises(ValueError):
         DISFlow()(a.astype(np.float32), a)
+
+
+def test_large_frames_get_their_flow_at_a_smaller_size():
+    """Downscaled runs the estimator at max_side and gives back full-size flow in full-size pixels."""
+    from engine_server.motion.flow import DISFlow, Downscaled
+
+    rng = np.random.default_rng(3)
+    base = cv2.GaussianBlur(rng.integers(0, 256, (96, 200, 3), dtype=np.uint8), (0, 0), 2)
+    a, b = base[:, 8:136], base[:, 0:128]  # b is a shifted 8 px to the right: a(p) = b(p + (8, 0))
+    seen = []
+
+    class Recording(DISFlow):
+        def pair(self, x, y):
+            seen.append(x.shape)
+            return super().pair(x, y)
+
+    forward, backward = Downscaled(Recording(), 64).pair(a, b)
+    assert seen == [(48, 64, 3)]
+    assert forward.shape == backward.shape == (96, 128, 2)
+    inner = (slice(16, -16), slice(24, -24))
+    assert abs(float(np.median(forward[inner][..., 0])) - 8) < 1.0
+    assert abs(float(np.median(backward[inner][..., 0])) + 8) < 1.0
+    assert make_flow("dis").pair(a, b)[0].shape == (96, 128, 2)  # small frames: estimated as they are

@@ -132,3 +132,32 @@ def test_vgg_objective_matches_torch_lbfgs():
     for e, o in zip(expected, got):
         assert (o - e).abs().max() < 1e-6 * 255
     assert loss_fn(got[-1]) < loss_fn(content)
+
+
+def test_max_step_bounds_every_move_and_still_converges():
+    """The reference's unit step throws the VGG objective's pixels far out of range on its second
+    iteration; with max_step no element moves more than the bound, and L-BFGS still converges."""
+    net = copy.deepcopy(load_vgg19("cpu")).double()
+    rng = np.random.default_rng(0)
+    content = image_tensor(rng.integers(0, 255, (32, 32, 3)).astype(np.uint8), "cpu").double()
+    stripes = np.zeros((32, 32, 3), np.uint8)
+    stripes[::4] = (255, 200, 0)
+    grams, strength = StyleTargets([stripes], net, (32, 32), "cpu").blend(np.array([1.0]))
+    with torch.no_grad():
+        feats = net(content, CONTENT_LAYERS)
+    objective = Objective(feats, grams, strength, LossWeights())
+    loss_fn = lambda x: objective.terms(x, net)["total"]  # noqa: E731
+    unbounded = our_iterates(loss_fn, content, 3, 100)[0]
+    assert float((unbounded[1] - unbounded[0]).abs().max()) > 1000  # the excursion the bound prevents
+
+    x = content.clone().requires_grad_(True)
+    opt = LBFGS(x.numel(), 100, dtype=x.dtype, max_step=16.0)
+    before, losses = x.detach().clone(), []
+    for _ in range(30):
+        loss = loss_fn(x)
+        (grad,) = torch.autograd.grad(loss, x)
+        losses.append(float(loss))
+        opt.step(x.data.view(-1), grad)
+        assert float((x.detach() - before).abs().max()) <= 16.0 + 1e-9
+        before = x.detach().clone()
+    assert max(losses) <= losses[0] * 1.5 and losses[-1] < 0.5 * losses[0]

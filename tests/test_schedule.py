@@ -88,3 +88,26 @@ def test_stylizer_runs_the_levels_and_reports_them():
                                             device="cpu"))
     (reference,) = list(flat.run([frame]))
     assert reference.levels == [{"size": [96, 64], "iterations": reference.iterations}]
+
+
+def test_measured_costs_price_small_levels_by_their_time():
+    """On a GPU small levels cost more than their pixel share: the plan uses measured seconds, rounded so
+    that timing noise does not change it, and still spends at most the budget."""
+    from engine_server.optimize import schedule
+
+    calls = []
+
+    def seconds(size):  # a fixed overhead per iteration plus a part proportional to the pixels
+        calls.append(size)
+        return 0.002 + 1e-8 * size[0] * size[1]
+
+    cost_of = schedule.measured_cost(seconds)
+    size = (1280, 720)
+    measured = schedule.plan("pyramid", size, 1000, cost_of=cost_of)
+    by_pixels = schedule.plan("pyramid", size, 1000)
+    assert [level.size for level in measured] == [level.size for level in by_pixels]
+    assert measured[0].iterations < by_pixels[0].iterations  # the coarsest level is dearer than its pixels
+    assert measured[-1] == by_pixels[-1]
+    assert schedule.cost(measured, cost_of) <= schedule.BUDGET * 1000 * 1.02
+    assert len(calls) == len(set(calls)) == len(measured)  # each size timed once
+    assert cost_of((320, 180), size) == round(20 * seconds((320, 180)) / seconds(size)) / 20

@@ -35,10 +35,26 @@ def test_initialization_fills_untrusted_pixels_from_content():
     assert init[0, 0].tolist() == [[50.0, 10.0], [30.0, 50.0]]
 
 
+def test_stylized_fill_carries_the_style_change_onto_the_new_content():
+    """Pixels the flow cannot carry start from the new content plus what the style did to the previous
+    frame there (not the raw content): with a 2 px shift, the change lands 2 px over."""
+    content = torch.full((1, 3, 4, 6), 100.0)
+    previous_content = torch.full((1, 3, 4, 6), 80.0)
+    previous_output = previous_content.clone()
+    previous_output[..., 3] += 40.0  # the style brightened column 3 of the previous frame
+    flow = np.zeros((4, 6, 2), np.float32)
+    flow[..., 0] = 1.0  # current pixel x shows what the previous frame had at x + 1
+    fill = temporal.stylized_fill(content, previous_output, previous_content, flow)
+    assert fill[0, 0, 1].tolist() == [100.0, 100.0, 140.0, 100.0, 100.0, 100.0]
+    mask = torch.zeros((1, 1, 4, 6))
+    assert torch.equal(temporal.initialization(content, previous_output, mask, fill), fill)
+    assert float(temporal.stylized_fill(content + 200, previous_output, previous_content, flow).max()) == 255.0
+
+
 def test_flow_ahead_gives_the_same_pairs_in_background():
     clip = shifted_clip(5)
     now = temporal.FlowAhead(DISFlow(), clip, (1, 2, 4), background=False)
-    ahead = temporal.FlowAhead(DISFlow(), clip, (1, 2, 4), background=True)
+    ahead = temporal.FlowAhead(DISFlow(), clip, (1, 2, 4), background=True, workers=2)
     try:
         for index in range(1, 5):
             a, b = now.pairs(index), ahead.pairs(index)

@@ -13,6 +13,14 @@ search), but:
   downhill) is a tensor operation, never a Python ``if`` on a device value, so nothing synchronizes.
   :attr:`stalled` records a non-downhill direction; the caller reads it when it next syncs and ends the
   frame (PyTorch's loop would keep evaluating at the same point).
+
+One safeguard PyTorch's unit step lacks: ``max_step`` bounds the largest change of any element in one
+iteration (the whole step is scaled down, its direction kept, and the pair records the step actually
+taken). Without a line search, the second iteration's step is the raw gradient whenever the first,
+tiny step (1/|g|_1) gave no usable curvature pair: on a real frame it threw pixels to +-20000 (loss up
+10^8 times) before L-BFGS recovered, and in bfloat16, whose gradient noise swamps that tiny step's
+gradient change, it never recovered (inf, then NaN). With ``max_step=None`` the iterates are
+PyTorch's exactly.
 """
 from __future__ import annotations
 
@@ -22,9 +30,11 @@ CURVATURE_EPS = 1e-10  # torch.optim.LBFGS's threshold on y.s for keeping a pair
 
 
 class LBFGS:
-    def __init__(self, numel: int, history: int = 100, device=None, dtype=torch.float32):
+    def __init__(self, numel: int, history: int = 100, device=None, dtype=torch.float32,
+                 max_step: float | None = None):
         m = history
         self.history = m
+        self.max_step = max_step
         zeros = dict(device=device, dtype=dtype)
         self.S = torch.zeros(m, numel, **zeros)      # steps s_i
         self.Y = torch.zeros(m, numel, **zeros)      # gradient changes y_i
@@ -52,6 +62,8 @@ class LBFGS:
             t = torch.ones((), dtype=g.dtype, device=g.device)
         downhill = (g @ direction) <= 0  # torch stops when g.d > -tolerance_change (= 0)
         self.stalled |= ~downhill
+        if self.max_step is not None:
+            t = t * torch.clamp(self.max_step / (t * direction).abs().max().clamp_min(1e-30), max=1.0)
         step = torch.where(self.stalled, torch.zeros_like(t), t) * direction
         x.add_(step.view_as(x).to(x.dtype))
         if self._prev_grad is None:

@@ -6,6 +6,7 @@ when the loss changed by less than 1e-4 (relative) over the last 50 iterations.
 """
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass, field, replace
 from typing import Callable
 
@@ -28,6 +29,7 @@ class OptimizerSettings:
     tolerance_interval: int = 50
     history: int = 100              # L-BFGS pairs kept (the reference's 100)
     readback_interval: int | None = None  # iterations between loss read-backs; None: 1 on CPU, 10 on GPU
+    max_step: float | None = 64.0   # L-BFGS: the most any pixel moves in one iteration (pixel units); see .lbfgs
 
 
 @dataclass
@@ -51,7 +53,7 @@ def optimize_frame(
 ) -> FrameOutcome:
     image = init.detach().clone().requires_grad_(True)
     if settings.method == "lbfgs":
-        lbfgs, adam = LBFGS(image.numel(), settings.history, image.device), None
+        lbfgs, adam = LBFGS(image.numel(), settings.history, image.device, max_step=settings.max_step), None
     elif settings.method == "adam":
         lbfgs, adam = None, torch.optim.Adam([image], lr=settings.learning_rate)
     else:
@@ -93,10 +95,30 @@ def optimize_frame(
     return FrameOutcome(image.detach(), {k: float(v) for k, v in terms.items()}, done)
 
 
+def seconds_per_iteration(vgg: VGG19Features, size: tuple[int, int], device: torch.device, repeats: int = 5) -> float:
+    """Measured seconds of one iteration's network work (features, Gram matrices, gradient) at ``size``:
+    what the pyramid's plan prices levels with on a GPU, where small levels cost more than their pixels."""
+    from ..style.losses import gram
+    from .objective import FEATURE_LAYERS
+
+    image = torch.rand(1, 3, size[1], size[0], device=device).mul_(255).requires_grad_(True)
+
+    def once() -> None:
+        feats = vgg(image, FEATURE_LAYERS)
+        (grad,) = torch.autograd.grad(sum(gram(f).sum() for f in feats.values()), image)
+        grad.sum().item()  # wait for the device
+
+    once()  # the first call at a size also picks the kernels (cudnn.benchmark)
+    started = time.perf_counter()
+    for _ in range(repeats):
+        once()
+    return (time.perf_counter() - started) / repeats
+
+
 def _converged(history: list[float], settings: OptimizerSettings) -> bool:
     n = settings.tolerance_interval
-    if not settings.early_stop or len(history) <= n or len(history) % n:
-        return False
+    if not settings.early_stop or len(history) <= n:
+        return False  # checked at every read-back once a whole window exists
     before, now = history[-1 - n], history[-1]
     return abs(before - now) <= settings.tolerance * abs(now)
 

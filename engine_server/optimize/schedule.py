@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import Callable
 
 import torch
 import torch.nn.functional as F
@@ -49,8 +50,21 @@ def pyramid_sizes(size: tuple[int, int], coarsest: int | None = None) -> list[tu
     return sizes[::-1]
 
 
-def plan(schedule: str, size: tuple[int, int], iterations: int, coarsest: int | None = None) -> list[Level]:
-    """The levels one frame runs, coarsest first; the last is always the full size."""
+CostModel = Callable[[tuple[int, int], tuple[int, int]], float]
+
+
+def pixel_cost(level_size: tuple[int, int], full_size: tuple[int, int]) -> float:
+    """An iteration's cost relative to one at full size: its pixel count (true on a CPU)."""
+    return level_size[0] * level_size[1] / (full_size[0] * full_size[1])
+
+
+def plan(schedule: str, size: tuple[int, int], iterations: int, coarsest: int | None = None,
+         cost_of: CostModel = pixel_cost) -> list[Level]:
+    """The levels one frame runs, coarsest first; the last is always the full size.
+
+    ``cost_of`` prices an iteration at a level relative to one at full size. On a GPU small levels cost
+    more than their pixel share (fixed per-kernel costs), so the engine measures it (see
+    :func:`measured_cost`)."""
     if schedule == "reference":
         return [Level(size, iterations)]
     if schedule != "pyramid":
@@ -58,20 +72,32 @@ def plan(schedule: str, size: tuple[int, int], iterations: int, coarsest: int | 
     sizes = pyramid_sizes(size, coarsest)
     if len(sizes) == 1:
         return [Level(size, iterations)]
-    full_pixels = size[0] * size[1]
     full = max(1, math.ceil(FULL_SIZE_SHARE * iterations))
     share = (BUDGET - FULL_SIZE_SHARE) * iterations / (len(sizes) - 1)  # full-size iterations per level
     levels = []
     for level_size in sizes[:-1]:
-        cost = level_size[0] * level_size[1] / full_pixels
+        cost = cost_of(level_size, size)
         levels.append(Level(level_size, max(1, min(4 * iterations, round(share / cost)))))
     return levels + [Level(size, full)]
 
 
-def cost(levels: list[Level]) -> float:
-    """The levels' work in full-size iterations (compute grows with the pixel count)."""
-    full = levels[-1].size[0] * levels[-1].size[1]
-    return sum(level.iterations * level.size[0] * level.size[1] / full for level in levels)
+def cost(levels: list[Level], cost_of: CostModel = pixel_cost) -> float:
+    """The levels' work in full-size iterations."""
+    return sum(level.iterations * cost_of(level.size, levels[-1].size) for level in levels)
+
+
+def measured_cost(iteration_seconds: Callable[[tuple[int, int]], float]) -> CostModel:
+    """A cost model from measured seconds per iteration at each size (cached per size)."""
+    seconds: dict[tuple[int, int], float] = {}
+
+    def cost_of(level_size: tuple[int, int], full_size: tuple[int, int]) -> float:
+        for wanted in (level_size, full_size):
+            if wanted not in seconds:
+                seconds[wanted] = iteration_seconds(wanted)
+        # rounded to 1/20, so that timing noise does not give two runs of one command different plans
+        return min(1.0, max(0.05, round(20 * seconds[level_size] / seconds[full_size]) / 20))
+
+    return cost_of
 
 
 def resize(image: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:

@@ -1,0 +1,1 @@
+"""Benchmarks: python -m engine_server.bench {modes,speed}."""

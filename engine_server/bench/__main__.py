@@ -1,0 +1,28 @@
+"""python -m engine_server.bench {modes,speed} [options]: the benchmarks (figures, not tests).
+
+modes: per-frame vs temporal vs multipass on the same frames (stability, style over a long shot).
+speed: the reference's flat schedule beside the coarse-to-fine one, then a clip at production size.
+Each subcommand's --help lists its options.
+"""
+from __future__ import annotations
+
+import sys
+
+from . import modes, speed
+
+COMMANDS = {"modes": modes.main, "speed": speed.main}
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv or argv[0] in ("-h", "--help"):
+        print(__doc__.strip())
+        return 0
+    if argv[0] not in COMMANDS:
+        print(f"error: unknown benchmark {argv[0]!r} (choose from {', '.join(COMMANDS)})", file=sys.stderr)
+        return 2
+    return COMMANDS[argv[0]](argv[1:])
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
