@@ -83,7 +83,7 @@ def test_a_direction_that_is_not_downhill_stops_the_point():
     loss_fn = quadratic(10, 2)
     x0 = torch.zeros(10, dtype=torch.float64)
     got, opt = our_iterates(loss_fn, x0, 3, 5)
-    opt._inverse_hessian_times = lambda g: -g  # a broken curvature model: the direction points uphill
+    opt._inverse_hessian_times = lambda g, s_g, y_g: -g  # a broken curvature model: the direction points uphill
     x = got[-1].clone()
     (grad,) = torch.autograd.grad(loss_fn(x.requires_grad_(True)), x)
     before = x.detach().clone()

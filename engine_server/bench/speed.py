@@ -1,6 +1,6 @@
 """Speed benchmark: the reference's flat schedule beside the coarse-to-fine pyramid, in one run.
 
-    python -m engine_server.bench speed                                   # CPU, Sintel at 256 px wide
+    python -m engine_server.bench speed                                   # CPU, Sintel at 384 px wide
     python -m engine_server.bench speed --device cuda --size 1280x720 --clip-sizes 1280x720,1920x1080
 
 Table 1, MPI-Sintel alley_1 (4 frames, temporal mode, J = 1,2,4), the same frames and iteration counts
@@ -143,7 +143,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m engine_server.bench speed",
                                      description=__doc__.splitlines()[0])
     parser.add_argument("--device", default="auto")
-    parser.add_argument("--width", type=int, default=256, help="Sintel processing width (default 256)")
+    parser.add_argument("--width", type=int, default=384, help="Sintel processing width (default 384: two pyramid levels)")
     parser.add_argument("--size", type=parse_size, help="exact Sintel processing size WxH, e.g. 1280x720")
     parser.add_argument("--iterations", type=int, default=100, help="later frames (default 100)")
     parser.add_argument("--first-iterations", type=int, default=200, help="first frame (default 200)")

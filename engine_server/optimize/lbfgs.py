@@ -57,8 +57,16 @@ class LBFGS:
             direction = -g
             t = torch.clamp(1.0 / g.abs().sum(), max=1.0)  # torch's first step: min(1, 1/|g|_1)
         else:
-            self._remember(g - self._prev_grad, self._step)
-            direction = -self._inverse_hessian_times(g)
+            y, s = g - self._prev_grad, self._step
+            # Every product with the history this iteration needs, in one pass over each (m, n) buffer
+            # (the buffers are the iteration's main memory traffic); the slot the new pair goes into is
+            # patched afterwards.
+            with_s_hist = self.S @ torch.stack([y, g], 1)     # s_j . y, s_j . g
+            with_y_hist = self.Y @ torch.stack([s, y, g], 1)  # y_j . s, y_j . y, y_j . g
+            slot, keep = self._remember(y, s, with_s_hist[:, 0], with_y_hist[:, 0], with_y_hist[:, 1])
+            s_g = with_s_hist[:, 1].index_copy(0, slot, torch.where(keep, s @ g, with_s_hist[slot, 1]))
+            y_g = with_y_hist[:, 2].index_copy(0, slot, torch.where(keep, y @ g, with_y_hist[slot, 2]))
+            direction = -self._inverse_hessian_times(g, s_g, y_g)
             t = torch.ones((), dtype=g.dtype, device=g.device)
         downhill = (g @ direction) <= 0  # torch stops when g.d > -tolerance_change (= 0)
         self.stalled |= ~downhill
@@ -72,20 +80,20 @@ class LBFGS:
             self._prev_grad.copy_(g)
         self._step = t * direction  # what torch's next iteration calls s (even when it did not move)
 
-    def _remember(self, y: torch.Tensor, s: torch.Tensor) -> None:
-        """Write the pair (s, y) into the ring slot count % m when y.s > eps; otherwise change nothing."""
+    def _remember(self, y: torch.Tensor, s: torch.Tensor, s_hist_y: torch.Tensor, y_hist_s: torch.Tensor,
+                  y_hist_y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Write the pair (s, y) into the ring slot count % m when y.s > eps; otherwise change nothing.
+        ``s_hist_y`` etc. are the stored pairs' products with the new one (s_j . y, y_j . s, y_j . y).
+        Returns (slot, kept)."""
         ys = y @ s
         keep = ys > CURVATURE_EPS
         slot = torch.remainder(self.count, self.history).reshape(1)
-        # the new pair's products with every stored pair (one pass over each buffer)
-        y_with_s_hist = self.S @ y                    # s_j . y_new
-        y_with_y_hist = self.Y @ torch.stack([s, y], 1)  # [:, 0] = y_j . s_new, [:, 1] = y_j . y_new
         for buffer, new in ((self.S, s), (self.Y, y)):
             old = buffer.index_select(0, slot)
             buffer.index_copy_(0, slot, torch.where(keep, new[None], old))
-        row_sy = y_with_y_hist[:, 0].index_copy(0, slot, ys.reshape(1))  # s_new . y_j (j = slot: y_new)
-        col_sy = y_with_s_hist.index_copy(0, slot, ys.reshape(1))        # s_j . y_new
-        row_yy = y_with_y_hist[:, 1].index_copy(0, slot, (y @ y).reshape(1))
+        row_sy = y_hist_s.index_copy(0, slot, ys.reshape(1))  # s_new . y_j (j = slot: y_new)
+        col_sy = s_hist_y.index_copy(0, slot, ys.reshape(1))  # s_j . y_new
+        row_yy = y_hist_y.index_copy(0, slot, (y @ y).reshape(1))
         for matrix, row, col in ((self.SY, row_sy, col_sy), (self.YY, row_yy, row_yy)):
             old_row, old_col = matrix.index_select(0, slot), matrix.index_select(1, slot)
             matrix.index_copy_(0, slot, torch.where(keep, row[None], old_row))
@@ -93,9 +101,11 @@ class LBFGS:
         self.stamp.index_copy_(0, slot, torch.where(keep, self.count, self.stamp.index_select(0, slot)))
         self.gamma = torch.where(keep, ys / (y @ y), self.gamma)
         self.count = self.count + keep.long()
+        return slot, keep
 
-    def _inverse_hessian_times(self, g: torch.Tensor) -> torch.Tensor:
-        """H g by the compact representation, pairs taken in the order they were written."""
+    def _inverse_hessian_times(self, g: torch.Tensor, s_g: torch.Tensor, y_g: torch.Tensor) -> torch.Tensor:
+        """H g by the compact representation, pairs taken in the order they were written; ``s_g`` and
+        ``y_g`` are the stored pairs' products with g (S g, Y g)."""
         m = self.history
         valid = self.stamp >= 0
         order = torch.argsort(torch.where(valid, self.stamp, self.stamp.new_full((), m + 2**40)))
@@ -106,8 +116,8 @@ class LBFGS:
         # R = upper triangle of S^T Y; empty slots get 1 on the diagonal so they decouple (and stay 0)
         R = torch.triu(sy) + torch.diag(1.0 - v)
         D = torch.diag(torch.diagonal(sy))
-        a = (self.S @ g).index_select(0, order) * v
-        b = self.gamma * (self.Y @ g).index_select(0, order) * v
+        a = s_g.index_select(0, order) * v
+        b = self.gamma * y_g.index_select(0, order) * v
         u = torch.linalg.solve_triangular(R, a[:, None], upper=True)[:, 0]                  # R^-1 a
         p = torch.linalg.solve_triangular(R.T, ((D + self.gamma * yy) @ u - b)[:, None], upper=False)[:, 0]
         # back from chronological order to ring slots
