@@ -185,7 +185,7 @@ class Run:
             iteration, iterations = event.get("iteration") or 0, event.get("iterations") or 0
             done = max(0, frame - 1) + (iteration / iterations if iterations else 0)
             text = f"Frame {frame}/{event.get('frame_count') or count}"
-            if event.get("stage") not in (None, "optimize"):
+            if event.get("stage") not in (None, "optimize", "stylize"):
                 text += f" ({event['stage']})"
             if eta is not None:
                 text += f" · ETA {_duration(eta)}"

@@ -12,6 +12,7 @@ The pipeline is frames -> flow -> masks -> optimize -> frames (:mod:`engine_serv
     motion/    optical flow, consistency masks, warping, temporal constraints
     style/     VGG19, content and style losses, style targets, colour, keyframed weights
     optimize/  one frame's objective and the optimizer that minimizes it
+    feedforward/  Ghiasi et al.'s arbitrary-style network (the fast modes) and its stabilization along the flow
     serve/     the ZeroMQ engine server, its worker and job store, and the submit client
 
 with pipeline.py (the modes and the API), options.py, cli.py, bench.py and demo.py at the top. Lower rooms

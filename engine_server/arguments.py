@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from .options import MODES, PRECISIONS, SCHEDULES, StylizeOptions
+from .options import INITS, MODES, PRECISIONS, SCHEDULES, StylizeOptions
 
 
 class Parser(argparse.ArgumentParser):
@@ -45,7 +45,10 @@ def add_stylize_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--first-iterations", type=_positive_int, metavar="N",
                         help="iterations for the first frame (every frame in per-frame mode); "
                              "default 2x --iterations")
-    parser.add_argument("--mode", choices=MODES, default="temporal")
+    parser.add_argument("--mode", choices=MODES, default="temporal",
+                        help="temporal (Ruder et al., default), per-frame, multipass; fast: the feed-forward "
+                             "network (Ghiasi et al.) stabilized along the flow, seconds for a whole strip; "
+                             "fast-per-frame: the raw network on each frame")
     parser.add_argument("--schedule", choices=SCHEDULES, default="pyramid",
                         help="pyramid: coarse to fine, about 22 %% of the time of the flat run that the iteration "
                              "counts name (default); reference: the flat full-size schedule")
@@ -64,8 +67,10 @@ def add_stylize_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--long-term", type=_distances, default=(1, 2, 4), metavar="J",
                         help="frame distances of the temporal constraints (default 1,2,4)")
     parser.add_argument("--optimizer", choices=("lbfgs", "adam"), default="lbfgs")
-    parser.add_argument("--init", choices=("content", "noise"), default="content",
-                        help="first-frame initialization")
+    parser.add_argument("--init", choices=INITS, default="content",
+                        help="where the optimization starts on a shot's first frame (and, later, on the pixels "
+                             "the flow cannot carry over): content, noise, or fast (the feed-forward network's "
+                             "painting, which saves iterations)")
     parser.add_argument("--content-weight", type=float, default=5.0)
     parser.add_argument("--style-weight", type=float, default=1e2)
     parser.add_argument("--temporal-weight", type=float, default=1e3)

@@ -57,8 +57,12 @@ class ProgressBar:
             if self.current is not None and key != self.current:
                 self.bar.update(1)
             self.current = key
-            self.bar.set_postfix_str(f"frame {event.frame}/{event.frame_count} it {event.iteration} "
-                                     f"loss {event.loss:.4g}", refresh=False)
+            loss = "" if event.loss is None else f" loss {event.loss:.4g}"
+            self.bar.set_postfix_str(f"frame {event.frame}/{event.frame_count} it {event.iteration}{loss}",
+                                     refresh=False)
+        elif event.stage == "stylize":  # the fast modes: one event per finished frame
+            self.bar.update(1)
+            self.current = None
         elif event.stage == "done":
             self.bar.update(self.bar.total - self.bar.n)
 

@@ -38,3 +38,20 @@ def inside_mask(flow: np.ndarray) -> np.ndarray:
     x, y = xs + flow[..., 0], ys + flow[..., 1]
     known = np.all(np.abs(flow) < 1e9, axis=2)
     return (known & (x >= 0) & (x <= w - 1) & (y >= 0) & (y <= h - 1)).astype(np.float32)
+
+
+def style_distance(outputs: Sequence[np.ndarray], style: np.ndarray, vgg, device="cpu") -> float:
+    """Mean over frames of the Gram style loss (Gatys et al., the optimization modes' own style term) of
+    each output against ``style`` scaled to the frame's size: how far the frames are from the painting's
+    style, comparable across modes on the same frames."""
+    import torch
+
+    from .style.losses import style_loss
+    from .style.targets import StyleTargets, image_tensor
+    from .style.vgg import STYLE_LAYERS
+
+    size = (outputs[0].shape[1], outputs[0].shape[0])
+    targets = StyleTargets([style], vgg, size, device).grams[0]
+    with torch.no_grad():
+        return float(np.mean([float(style_loss(vgg(image_tensor(o, device), STYLE_LAYERS), targets))
+                              for o in outputs]))

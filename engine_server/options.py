@@ -7,7 +7,9 @@ from dataclasses import dataclass
 
 from .errors import InputError
 
-MODES = ("temporal", "per-frame", "multipass")
+MODES = ("temporal", "per-frame", "multipass", "fast", "fast-per-frame")
+FAST_MODES = ("fast", "fast-per-frame")  # the feed-forward network: stabilized along the flow, or raw
+INITS = ("content", "noise", "fast")     # fast: the feed-forward network's painting of the frame
 SCHEDULES = ("pyramid", "reference")  # engine_server.optimize.schedule implements them
 PRECISIONS = ("auto", "fp32", "bf16")  # auto: bf16 on CUDA, fp32 on the CPU
 
@@ -30,7 +32,7 @@ class StylizeOptions:
     optimizer: str = "lbfgs"
     learning_rate: float = 10.0
     early_stop: bool = True
-    init: str = "content"                    # first frame: "content" or "noise"
+    init: str = "content"                    # first frame (and untrusted pixels later): content, noise or fast
     style_scale: float = 1.0
     preserve_colors: bool = False
     flow: str = "dis"
@@ -48,8 +50,8 @@ class StylizeOptions:
     def validate(self) -> None:
         if self.mode not in MODES:
             raise InputError(f"--mode {self.mode}: expected one of {', '.join(MODES)}")
-        if self.init not in ("content", "noise"):
-            raise InputError(f"init {self.init!r}: expected content or noise")
+        if self.init not in INITS:
+            raise InputError(f"--init {self.init}: expected one of {', '.join(INITS)}")
         if self.schedule not in SCHEDULES:
             raise InputError(f"--schedule {self.schedule}: expected one of {', '.join(SCHEDULES)}")
         if self.precision not in PRECISIONS:

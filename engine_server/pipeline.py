@@ -3,7 +3,9 @@
 - ``per-frame``: each frame on its own from the content frame, no temporal loss (the baseline);
 - ``temporal``: Ruder et al.'s single pass: each frame starts from the previous output warped along
   the flow and is held to the warped outputs of frames t-j, j in J (short- and long-term losses);
-- ``multipass``: Ruder et al.'s multi-pass algorithm, alternating directions, blending neighbours.
+- ``multipass``: Ruder et al.'s multi-pass algorithm, alternating directions, blending neighbours;
+- ``fast-per-frame``: Ghiasi et al.'s feed-forward network on each frame (no optimization);
+- ``fast``: the same, each output stabilized along the flow against the previous one.
 
 :func:`stylize` is the Python API; :class:`Stylizer` is the same with its set-up kept for reuse.
 """
@@ -17,13 +19,16 @@ import numpy as np
 import torch
 
 from .errors import Cancelled, InputError
+from .feedforward.stabilize import FlowStabilizer
+from .feedforward.stylizer import FeedForwardStylizer, to_unit
+from .feedforward.weights import load_arbitrary_style_network
 from .io.frames import FrameLike, FrameSource, open_frames, read_image, to_rgb8
 from .motion import cuts, temporal
 from .motion.flow import make_flow
 from .optimize.objective import LossWeights, Objective
 from .optimize import schedule
 from .optimize.optimizer import FrameOutcome, OptimizerSettings, optimize_levels, seconds_per_iteration
-from .options import StylizeOptions
+from .options import FAST_MODES, StylizeOptions
 from .style import color
 from .style.targets import StyleTargets, image_tensor, tensor_image
 from .style.vgg import CONTENT_LAYERS, load_vgg19
@@ -34,7 +39,7 @@ WARM_STOP_WINDOW = 10  # iterations: the early-stop window of warm-started frame
 class Progress:
     """One progress event: where the run is and how long the rest should take."""
 
-    stage: str              # "setup", "flow", "optimize", "done"
+    stage: str              # "setup", "flow", "optimize", "stylize" (fast modes), "done"
     frame: int              # 1-based frame being worked on (0 during setup)
     frame_count: int
     iteration: int = 0
@@ -119,8 +124,11 @@ class Stylizer:
         self.device = resolve_device(self.options.device)
         self.style_images = load_styles(styles)
         self.precision = resolve_precision(self.options.precision, self.device)
-        self.vgg = load_vgg19(self.device, self.options.vgg_weights, self.precision)
-        self.flow = make_flow(self.options.flow, device=self.device) if self.options.mode != "per-frame" else None
+        mode = self.options.mode
+        self.fast = mode in FAST_MODES
+        self.vgg = None if self.fast else load_vgg19(self.device, self.options.vgg_weights, self.precision)
+        self.network = load_arbitrary_style_network(self.device) if self.fast or self.options.init == "fast" else None
+        self.flow = make_flow(self.options.flow, device=self.device) if mode not in ("per-frame", "fast-per-frame") else None
         self.progress = progress
         self.cancel = cancel
         opts = self.options
@@ -133,8 +141,10 @@ class Stylizer:
             "options": asdict(self.options),
             "iterations": {"first": first, "later": later},
             "device": str(self.device),
-            "precision": self.precision,
-            "weights_source": {"name": self.vgg.source.name, "path": self.vgg.source.path},
+            "precision": self.precision if self.vgg is not None else "fp32",
+            "weights_source": ({"name": self.vgg.source.name, "path": self.vgg.source.path}
+                               if self.vgg is not None else None),
+            "network": self.network.source if self.network is not None else None,
             "flow": getattr(self.flow, "name", None),
             "torch": torch.__version__,
         }
@@ -155,7 +165,9 @@ class Stylizer:
         np.random.seed(self.options.seed)
         run = _Run(self, source, style_weights, dict(done or {}))
         del done  # the run holds each earlier image only until it has been used
-        if self.options.mode == "multipass":
+        if self.fast:
+            yield from run.fast()
+        elif self.options.mode == "multipass":
             yield from run.multipass()
         else:
             yield from run.single_pass()
@@ -177,11 +189,14 @@ class _Run:
         self.work_done = 0.0  # in full-size iterations, for the ETA
         self.colour_reference = source[0] if self.opts.preserve_colors else None
         self._emit(Progress("setup", 0, self.count))
+        self.painter = None if stylizer.network is None else FeedForwardStylizer(
+            stylizer.network, stylizer.style_images, stylizer.device, self.opts.style_scale, self.opts.preserve_colors)
         self.targets: dict[tuple[int, int], StyleTargets] = {}
-        self.targets_at(source.size)
-        # A CPU's time follows the pixel count; a GPU's does not at small sizes, so it is measured there.
-        self.cost_of = schedule.pixel_cost if stylizer.device.type != "cuda" else schedule.measured_cost(
-            lambda size: seconds_per_iteration(stylizer.vgg, size, stylizer.device))
+        if stylizer.vgg is not None:
+            self.targets_at(source.size)
+            # A CPU's time follows the pixel count; a GPU's does not at small sizes, so it is measured there.
+            self.cost_of = schedule.pixel_cost if stylizer.device.type != "cuda" else schedule.measured_cost(
+                lambda size: seconds_per_iteration(stylizer.vgg, size, stylizer.device))
 
     # -- helpers ---------------------------------------------------------------------------------
     def _emit(self, event: Progress) -> None:
@@ -253,11 +268,59 @@ class _Run:
 
         return optimize_levels(init, levels, objective_at, self.s.vgg, settings, on_iteration, self._stopped)
 
-    def first_image(self, content: torch.Tensor) -> torch.Tensor:
+    def first_image(self, content: torch.Tensor, rgb: np.ndarray, index: int) -> torch.Tensor:
         if self.opts.init == "noise":
             # The reference's noise init: small noise around mid-grey, in pixel units.
             return 127.5 + 0.001 * 255.0 * torch.randn_like(content)
+        if self.opts.init == "fast":
+            return self.painting(rgb, index)
         return content
+
+    def painting(self, rgb: np.ndarray, index: int) -> torch.Tensor:
+        """The feed-forward network's painting of a frame, as the optimization sees images (pixel units,
+        grey when colours are preserved): a start that is already stylized (``--init fast``)."""
+        painted = self.painter.stylize(to_unit(rgb, self.s.device), self.style_weights[index])
+        if self.opts.preserve_colors:
+            return image_tensor(self.content_space(tensor_image(painted * 255.0)), self.s.device)
+        return painted * 255.0
+
+    # -- fast modes: the feed-forward network ----------------------------------------------------
+    def fast(self) -> Iterator[FrameResult]:
+        """Each frame painted by the network in one pass; in ``fast`` mode reconciled with the previous
+        output along the flow (:mod:`engine_server.feedforward.stabilize`), scene cuts starting afresh."""
+        stabilizer = FlowStabilizer() if self.opts.mode == "fast" else None
+        flows = temporal.FlowAhead(self.s.flow, self.source, (1,), background=self.s.device.type == "cuda") \
+            if stabilizer is not None else None
+        computed = 0
+        try:
+            for index in range(self.count):
+                if index + 1 in self.finished:
+                    earlier_output = self.done.pop(index + 1)
+                    if stabilizer is not None:  # a resumed run continues the stabilization from it
+                        stabilizer.remember(self.source[index], to_unit(earlier_output, self.s.device))
+                    continue
+                if self._stopped():
+                    raise Cancelled("cancelled")
+                started = time.perf_counter()
+                rgb = self.source[index]
+                painted = self.painter.stylize(to_unit(rgb, self.s.device), self.style_weights[index])
+                cut = False
+                if stabilizer is not None:
+                    has_previous = index > 0 and stabilizer.previous is not None
+                    pair = flows.pairs(index)[0][1] if has_previous else None
+                    painted, cut = stabilizer(rgb, painted, pair)
+                self.finished.add(index + 1)
+                computed += 1
+                frames_done = len(self.finished)
+                rate = (time.perf_counter() - self.started) / computed
+                self._emit(Progress("stylize", index + 1, self.count, 1, 1, frames_done=frames_done,
+                                    eta=rate * (self.count - frames_done)))
+                yield FrameResult(index + 1, self.painter.finish(painted, rgb), time.perf_counter() - started,
+                                  {}, 0, schedule="feed-forward", cut=cut)
+        finally:
+            if flows is not None:
+                flows.close()
+        self._emit(Progress("done", self.count, self.count, frames_done=self.count))
 
     # -- single pass: per-frame and temporal -----------------------------------------------------
     def single_pass(self) -> Iterator[FrameResult]:
@@ -309,11 +372,11 @@ class _Run:
                     warped_prev, mask = constraints[0]
                     if previous_content is None:  # the previous frame was resumed, not computed here
                         previous_content = image_tensor(self.content_space(self.source[index - 1]), device)
-                    fill = temporal.stylized_fill(content, outputs[index - 1], previous_content,
-                                                  earlier[0][1].b_to_a)
+                    fill = self.painting(rgb, index) if self.opts.init == "fast" else temporal.stylized_fill(
+                        content, outputs[index - 1], previous_content, earlier[0][1].b_to_a)
                     init = temporal.initialization(content, warped_prev, mask, fill)
             if init is None:
-                init = self.first_image(content)
+                init = self.first_image(content, rgb, index)
             first_of_shot = index == shot_start or self.opts.mode == "per-frame"
             iterations = self.first_iterations if first_of_shot else self.later_iterations
             outcome = self.optimize(index, init, content, constraints, iterations, total_work,
@@ -368,7 +431,7 @@ class _Run:
                     constraint = (temporal.warped_onto(results[neighbour].to(device), flow),
                                   temporal.mask_tensor(mask, device))
                 if pass_index == 1:
-                    init = self.first_image(content)
+                    init = self.first_image(content, self.source[index], index)
                 elif constraint is not None:
                     warped, mask = constraint
                     init = (results[index].to(device) + mask * warped) / (1.0 + mask)

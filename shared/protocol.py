@@ -216,7 +216,8 @@ def _size_fields(header: dict, limits: Limits, prefix: str = "") -> tuple[int, i
 JOB_ID = _string(64)
 
 OPTION_CHECKS: dict[str, tuple[Callable[[Any], bool], str]] = {
-    "mode": (lambda v: v in ("temporal", "per-frame", "multipass"), "temporal, per-frame or multipass"),
+    "mode": (lambda v: v in ("temporal", "per-frame", "multipass", "fast", "fast-per-frame"),
+             "temporal, per-frame, multipass, fast or fast-per-frame"),
     "iterations": (_int_range(1, 100_000), "an integer from 1 to 100000"),
     "first_iterations": (_int_range(1, 100_000), "an integer from 1 to 100000"),
     "passes": (_int_range(1, 1000), "an integer from 1 to 1000"),
@@ -234,7 +235,7 @@ OPTION_CHECKS: dict[str, tuple[Callable[[Any], bool], str]] = {
     "early_stop": (lambda v: isinstance(v, bool), "true or false"),
     "flow": (lambda v: v in ("dis", "farneback", "raft"), "dis, farneback or raft"),
     "optimizer": (lambda v: v in ("lbfgs", "adam"), "lbfgs or adam"),
-    "init": (lambda v: v in ("content", "noise"), "content or noise"),
+    "init": (lambda v: v in ("content", "noise", "fast"), "content, noise or fast"),
     "seed": (_int_range(0, 2**63 - 1), "an integer >= 0"),
     "long_term": (lambda v: isinstance(v, list) and 0 < len(v) <= 16 and all(_int_range(1, 1000)(j) for j in v),
                   "a list of 1 to 16 frame distances from 1 to 1000"),

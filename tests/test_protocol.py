@@ -18,6 +18,8 @@ VALID_REQUESTS = [
     ({"type": "hello", "client": "test", "protocol": PROTOCOL_VERSION}, []),
     ({"type": "ping"}, []),
     ({"type": "submit", "job": JOB}, [b"style bytes"]),
+    ({"type": "submit", "job": {**JOB, "options": {"mode": "fast"}}}, [b"style bytes"]),
+    ({"type": "submit", "job": {**JOB, "options": {"mode": "fast-per-frame", "init": "fast"}}}, [b"style bytes"]),
     ({"type": "upload", "job": "j1", "index": 1, "encoding": "png", "width": 36, "height": 24}, [FRAME_PNG]),
     ({"type": "upload", "job": "j1", "index": 2, "encoding": "raw", "width": 36, "height": 24}, [bytes(36 * 24 * 3)]),
     ({"type": "attach", "job": "j1", "since": 3}, []),

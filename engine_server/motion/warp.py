@@ -28,13 +28,14 @@ def sampling_grid(flow: torch.Tensor) -> torch.Tensor:
     return torch.stack((x, y), dim=-1)
 
 
-def warp(image: torch.Tensor, flow: torch.Tensor) -> torch.Tensor:
+def warp(image: torch.Tensor, flow: torch.Tensor, mode: str = "bilinear") -> torch.Tensor:
     """Warp (N, C, H, W) ``image`` by (1, H, W, 2) ``flow``; outside the frame the border repeats.
 
     Pixels whose source lies outside the frame are unreliable anyway: the consistency mask is 0 there.
+    ``mode`` "bicubic" blurs less than "bilinear" (it may overshoot the input's range slightly).
     """
     grid = sampling_grid(flow).expand(image.shape[0], -1, -1, -1)
-    return F.grid_sample(image, grid, mode="bilinear", padding_mode="border", align_corners=True)
+    return F.grid_sample(image, grid, mode=mode, padding_mode="border", align_corners=True)
 
 
 def warp_numpy(image: np.ndarray, flow: np.ndarray) -> np.ndarray:

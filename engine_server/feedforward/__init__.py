@@ -1,0 +1,1 @@
+"""The feed-forward network (Ghiasi et al.'s arbitrary style transfer) and its stabilization along the flow."""
