@@ -148,10 +148,11 @@ class Exporter:
     Between steps the editor may undo, which frees the temporary scene: it is looked up by name on
     every step and built again (from the scene and strip, also by name) when it is gone."""
 
-    def __init__(self, scene, strip, folder: str, width: int):
+    def __init__(self, scene, strip, folder: str, width: int, frames=None):
+        """``frames``: the scene frames to export (a preview's one), by default the strip's range."""
         check_strip(strip)
         self.scene_name, self.strip_name = scene.name, strip.name
-        self.frames = list(frame_range(strip))
+        self.frames = list(frame_range(strip) if frames is None else frames)
         self.folder = folder
         self.paths = []
         self.rendered = not reads_source(strip)

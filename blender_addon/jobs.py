@@ -277,7 +277,8 @@ def _duration(seconds: float) -> str:
 
 # -- starting, resuming, importing ------------------------------------------------------------------------
 
-def _read_styles(strip) -> list:
+def read_styles(strip) -> list:
+    """[(name, file bytes)] of the strip's style slots; JobError naming a missing one."""
     slots = strip.vse_style.slots
     if not slots:
         raise JobError("Add at least one style painting to the strip (Stylize tab)")
@@ -298,6 +299,8 @@ def _read_styles(strip) -> list:
 
 
 def _options(settings) -> dict:
+    if settings.mode == "fast":  # the feed-forward network: no iterations, no temporal weight
+        return {"mode": "fast", "preserve_colors": settings.preserve_colors, "flow": settings.flow}
     return {"mode": "temporal", "iterations": settings.iterations, "first_iterations": 2 * settings.iterations,
             "temporal_weight": settings.temporal_weight, "preserve_colors": settings.preserve_colors,
             "flow": settings.flow}
@@ -316,7 +319,7 @@ def start(scene, strip, settings, background=False) -> Run:
     if strip is None:
         raise JobError("No active strip: select the strip to stylize in the Sequencer")
     options = strip.vse_style
-    styles = _read_styles(strip)
+    styles = read_styles(strip)
     export.check_strip(strip)
     uid = uuid.uuid4().hex[:8]
     out_dir = output_folder(scene, strip.name, uid)

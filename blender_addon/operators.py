@@ -2,7 +2,7 @@
 import bpy
 from bpy.props import BoolProperty, EnumProperty, StringProperty
 
-from . import compat, engine_link, jobs, keyframes, prefs
+from . import compat, engine_link, jobs, keyframes, prefs, preview
 from .engine_link import LinkError
 from .export import ExportError
 from .props import MAX_STYLES, weight_prop
@@ -156,6 +156,39 @@ class VSE_STYLE_OT_stylize(bpy.types.Operator):
             self.report({'ERROR'}, str(exc))
             return {'CANCELLED'}
         return _finish(self, run)
+
+
+class VSE_STYLE_OT_preview(bpy.types.Operator):
+    """Paint the frame under the playhead with the strip's styles and weights on the engine (the instant
+network) and show it in the Stylize tab; nothing is added to the edit"""
+    bl_idname = "vse_style.preview"
+    bl_label = "Preview"
+    bl_options = {'REGISTER'}
+
+    wait: BoolProperty(name="Wait", default=True, options={'HIDDEN', 'SKIP_SAVE'},
+                       description="In background mode, return only when the preview is shown")
+
+    @classmethod
+    def poll(cls, context):
+        return compat.sequencer_scene(context) is not None
+
+    def execute(self, context):
+        strip = active_strip(context)
+        options = {"preserve_colors": strip.vse_style.preserve_colors} if strip is not None else {}
+        try:
+            preview.start(compat.sequencer_scene(context), strip, link_settings(context),
+                          strip.vse_style.width if strip is not None else 0, options, background=_blocking(self))
+        except EXPECTED + (preview.PreviewError,) as exc:
+            self.report({'ERROR'}, str(exc))
+            return {'CANCELLED'}
+        if not _blocking(self):
+            return {'FINISHED'}
+        error = preview.wait()
+        if error:
+            self.report({'ERROR'}, error)
+            return {'CANCELLED'}
+        self.report({'INFO'}, f"Preview: {preview.state.text}")
+        return {'FINISHED'}
 
 
 class VSE_STYLE_OT_cancel(bpy.types.Operator):
@@ -316,7 +349,7 @@ class VSE_STYLE_OT_notify(bpy.types.Operator):
 
 
 CLASSES = (VSE_STYLE_OT_slot_add, VSE_STYLE_OT_slot_remove, VSE_STYLE_OT_slot_move, VSE_STYLE_OT_stylize,
-           VSE_STYLE_OT_cancel, VSE_STYLE_OT_job_import, VSE_STYLE_OT_job_resume, VSE_STYLE_OT_job_remove,
+           VSE_STYLE_OT_preview, VSE_STYLE_OT_cancel, VSE_STYLE_OT_job_import, VSE_STYLE_OT_job_resume, VSE_STYLE_OT_job_remove,
            VSE_STYLE_OT_test_connection, VSE_STYLE_OT_notify)
 
 register, unregister = bpy.utils.register_classes_factory(CLASSES)

@@ -3,7 +3,7 @@ import os
 
 import bpy
 
-from . import compat, jobs
+from . import compat, jobs, preview
 from .props import weight_prop
 
 STATE_ICONS = {"done": 'CHECKMARK', "failed": 'ERROR', "cancelled": 'CANCEL', "interrupted": 'PAUSE'}
@@ -76,7 +76,31 @@ class VSE_STYLE_PT_stylize(SidebarPanel, bpy.types.Panel):
             row.progress(factor=record.progress, type='BAR', text=record.progress_text or record.state)
             row.operator("vse_style.cancel", icon='CANCEL', text="").uid = record.uid
         else:
-            layout.operator("vse_style.stylize", icon='BRUSH_DATA')
+            row = layout.row(align=True)
+            row.scale_y = 1.3
+            row.operator("vse_style.stylize", icon='BRUSH_DATA')
+            row.operator("vse_style.preview", icon='HIDE_OFF')
+
+
+class VSE_STYLE_PT_preview(SidebarPanel, bpy.types.Panel):
+    """The last preview of the active strip: the engine's painting of one frame."""
+    bl_label = "Preview"
+    bl_parent_id = "VSE_STYLE_PT_stylize"
+
+    @classmethod
+    def poll(cls, context):
+        strip = _strip(context)
+        return strip is not None and preview.state.strip == strip.name
+
+    def draw(self, context):
+        layout = self.layout
+        state = preview.state
+        if state.icon_id and not (state.busy and state.error):
+            layout.template_icon(icon_value=state.icon_id, scale=8.0)
+        icon = 'ERROR' if state.error else ('TIME' if state.busy else 'IMAGE_DATA')
+        layout.label(text=state.text, icon=icon)
+        if state.size[0] and not state.busy:
+            layout.label(text=f"Full size: the image '{preview.IMAGE_NAME}' in an Image Editor", icon='INFO')
 
 
 class VSE_STYLE_PT_options(SidebarPanel, bpy.types.Panel):
@@ -92,7 +116,10 @@ class VSE_STYLE_PT_options(SidebarPanel, bpy.types.Panel):
         layout.use_property_split = True
         settings = _strip(context).vse_style
         layout.row().prop(settings, "preset", expand=True)
-        for name in ("width", "iterations", "temporal_weight", "preserve_colors", "flow"):
+        layout.prop(settings, "mode")
+        names = ("width", "preserve_colors", "flow") if settings.mode == "fast" else \
+            ("width", "iterations", "temporal_weight", "preserve_colors", "flow")
+        for name in names:
             layout.prop(settings, name)
         layout.prop(compat.sequencer_scene(context), "vse_style_output")
 
@@ -123,6 +150,7 @@ class VSE_STYLE_PT_jobs(SidebarPanel, bpy.types.Panel):
         row.operator("vse_style.job_remove", icon='X', text="").uid = record.uid
 
 
-CLASSES = (VSE_STYLE_UL_slots, VSE_STYLE_UL_jobs, VSE_STYLE_PT_stylize, VSE_STYLE_PT_options, VSE_STYLE_PT_jobs)
+CLASSES = (VSE_STYLE_UL_slots, VSE_STYLE_UL_jobs, VSE_STYLE_PT_stylize, VSE_STYLE_PT_preview, VSE_STYLE_PT_options,
+           VSE_STYLE_PT_jobs)
 
 register, unregister = bpy.utils.register_classes_factory(CLASSES)

@@ -43,7 +43,9 @@ from .protocol import (
 
 log = logging.getLogger(__name__)
 
-__all__ = ["EngineClient", "EngineError", "EngineUnavailable", "Frame", "JobSession", "Upload"]
+__all__ = ["EngineClient", "EngineError", "EngineUnavailable", "Frame", "JobSession", "Preview", "Upload"]
+
+PREVIEW_WAIT = 60.0  # seconds a preview may take on a busy CPU engine before the client gives up
 
 
 class EngineUnavailable(ConnectionError):
@@ -284,6 +286,35 @@ class EngineClient:
         return Upload(self, list(frames), encoding, width, height, job=job, style_blobs=[b for _, b in style_pairs],
                       window=window)
 
+    def preview(self, frame, styles: Sequence, weights=None, options: dict | None = None,
+                width: int = 0, height: int = 0, encoding: str = "png") -> "Frame":
+        """One frame painted by the engine's feed-forward network (PROTOCOL.md, Previews); blocking.
+        The returned Frame (job "", index 0) holds the PNG. See :meth:`start_preview`."""
+        preview = self.start_preview(frame, styles, weights, options, width, height, encoding)
+        while not preview.tick(0.1):
+            pass
+        if preview.error is not None:
+            raise preview.error
+        return preview.result
+
+    def start_preview(self, frame, styles: Sequence, weights=None, options: dict | None = None,
+                      width: int = 0, height: int = 0, encoding: str = "png") -> "Preview":
+        """A :class:`Preview` whose ``tick()`` returns True once it is answered. frame: a PNG path or
+        bytes (or raw RGB with encoding="raw" and the size); styles as for :meth:`start_submit`;
+        weights: one per style (None: all 1); options: ``style_scale``, ``preserve_colors``."""
+        data = _read(frame)
+        if encoding == "png" and not (width and height):
+            size = png_size(data)
+            if size is None:
+                raise ValueError("preview frame: not a PNG file")
+            width, height = size
+        style_pairs = [(os.path.basename(os.fspath(s)), _read(s)) if not isinstance(s, tuple) else s
+                       for s in styles]
+        weights = [1.0] * len(style_pairs) if weights is None else [float(w) for w in weights]
+        header = {"type": "preview", "encoding": encoding, "width": width, "height": height,
+                  "styles": [n for n, _ in style_pairs], "weights": weights, "options": dict(options or {})}
+        return Preview(self, header, [data, *(b for _, b in style_pairs)])
+
     def resume_upload(self, job_id: str, frames: Sequence, encoding: str = "png", window: int = 4) -> "Upload":
         """An :class:`Upload` of the frames a job in state ``uploading`` still lacks (after the
         uploader vanished): ``frames`` is the whole list, only the missing indices are sent."""
@@ -315,6 +346,57 @@ def _read(source) -> bytes:
         return source
     with open(source, "rb") as handle:
         return handle.read()
+
+
+class Preview:
+    """A preview request in flight: ``tick()`` reads what arrived within its budget and returns True once
+    it is answered; then ``result`` is a :class:`Frame` or ``error`` an EngineError / EngineUnavailable
+    (no answer within PREVIEW_WAIT seconds)."""
+
+    def __init__(self, client: EngineClient, header: dict, blobs: list):
+        self.client = client
+        self.result: Frame | None = None
+        self.error: Exception | None = None
+        self._inbox: deque[Message] = deque()
+        self._id = client._new_id(self._inbox.append)
+        self._deadline = time.monotonic() + max(client.timeout, PREVIEW_WAIT)
+        try:
+            client._send({**header, "id": self._id}, blobs)
+        except EngineUnavailable as exc:
+            self._end(error=exc)
+
+    @property
+    def done(self) -> bool:
+        return self.result is not None or self.error is not None
+
+    def tick(self, max_seconds: float = 0.005) -> bool:
+        deadline = time.monotonic() + max_seconds
+        while not self.done:
+            if self._inbox:
+                message = self._inbox.popleft()
+                if message.type == "error":
+                    self._end(error=EngineError.from_header(message.header))
+                elif message.type == "previewed":
+                    h = message.header
+                    self._end(result=Frame("", 0, message.blobs[0], "png", h["width"], h["height"],
+                                           seconds=h.get("seconds")))
+                continue
+            if time.monotonic() > self._deadline:
+                self._end(error=self.client._unavailable())
+                break
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                break
+            self.client._receive(remaining)
+        return self.done
+
+    def cancel(self) -> None:
+        """Stop waiting (the engine still paints it; its answer is ignored)."""
+        self._end(error=EngineError("cancelled", "preview cancelled"))
+
+    def _end(self, result: Frame | None = None, error: Exception | None = None) -> None:
+        self.result, self.error = result, error
+        self.client._handlers.pop(self._id, None)
 
 
 class Upload:

@@ -21,7 +21,7 @@ ENCODINGS = ("png", "raw")
 JOB_STATES = ("uploading", "queued", "running", "done", "failed", "cancelled")
 FINAL_STATES = ("done", "failed", "cancelled")
 ERROR_CODES = ("bad_message", "bad_field", "unknown_type", "version_mismatch", "too_large", "unknown_job",
-               "bad_state", "internal")
+               "bad_state", "busy", "internal")
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 PNG_END = b"IEND\xaeB`\x82"  # the last chunk of every PNG file: a cheap check for truncated uploads
 MIN_SIDE = 16
@@ -309,6 +309,35 @@ def _frame_message(h, blobs, limits):
     _check_frame_blob(blobs[0], encoding, width, height)
 
 
+PREVIEW_OPTIONS = ("style_scale", "preserve_colors")  # what changes a feed-forward painting of one frame
+
+
+def _preview(h, blobs, limits):
+    """One frame painted by the feed-forward network, answered at once; nothing is kept on the engine."""
+    encoding = _need(h, "encoding", lambda v: v in ENCODINGS, "png or raw")
+    width, height = _size_fields(h, limits)
+    styles = _need(h, "styles", lambda v: isinstance(v, list) and 0 < len(v) <= limits.max_styles,
+                   f"a list of 1 to {limits.max_styles} style names")
+    for i, name in enumerate(styles):
+        if not _string(limits.max_name_chars)(name):
+            raise ProtocolError("bad_field", f"style name {i} must be a non-empty string", f"styles[{i}]")
+    _need(h, "weights", lambda v: isinstance(v, list) and len(v) == len(styles)
+          and all(_is_number(w) and w >= 0 for w in v), f"a list of {len(styles)} finite numbers >= 0")
+    options = _need(h, "options", lambda v: isinstance(v, dict), "a map", optional=True) or {}
+    for key, value in options.items():
+        if key not in PREVIEW_OPTIONS:
+            raise ProtocolError("bad_field", f"option {key!r} does not apply to a preview (only "
+                                             f"{', '.join(PREVIEW_OPTIONS)})", f"options.{key}")
+        check, what = OPTION_CHECKS[key]
+        if not check(value):
+            raise ProtocolError("bad_field", f"option '{key}' must be {what}", f"options.{key}")
+    _blobs(blobs, 1 + len(styles), "the frame, then one style image per style name")
+    _check_frame_blob(blobs[0], encoding, width, height)
+    for i, blob in enumerate(blobs[1:]):
+        if blob.nbytes == 0:
+            raise ProtocolError("bad_field", f"style image {i} is empty", f"styles[{i}]")
+
+
 def _attach(h, blobs, limits):
     _need(h, "job", JOB_ID, "a job id")
     _need(h, "since", _int_range(0, limits.max_frames), "an integer >= 0", optional=True)
@@ -326,6 +355,7 @@ def _fetch(h, blobs, limits):
 REQUESTS: dict[str, Callable] = {
     "hello": _hello, "ping": _no_fields, "submit": _submit, "upload": _frame_message, "attach": _attach,
     "detach": _job_only, "status": _job_only, "list_jobs": _no_fields, "fetch": _fetch, "cancel": _job_only,
+    "preview": _preview,
 }
 
 
@@ -369,6 +399,13 @@ def _progress(h, blobs, limits):
     _need(h, "frame_count", _int_range(0), "an integer >= 0")
 
 
+def _previewed(h, blobs, limits):
+    width, height = _size_fields(h, limits)
+    _need(h, "seconds", _is_number, "a number")
+    _blobs(blobs, 1, "the painted frame")
+    _check_frame_blob(blobs[0], "png", width, height)
+
+
 def _error(h, blobs, limits):
     _need(h, "code", _string(64), "an error code")
     _need(h, "message", _string(65536), "a string")
@@ -380,7 +417,7 @@ REPLIES: dict[str, Callable] = {
     "job_status": _job_status, "jobs": _jobs, "frame": _frame_message, "progress": _progress,
     "fetched": lambda h, b, l: (_need(h, "job", JOB_ID, "a job id"),
                                 _need(h, "indices", lambda v: isinstance(v, list), "a list")),
-    "error": _error,
+    "previewed": _previewed, "error": _error,
 }
 
 

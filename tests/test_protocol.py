@@ -28,7 +28,10 @@ VALID_REQUESTS = [
     ({"type": "list_jobs"}, []),
     ({"type": "fetch", "job": "j1", "start": 1, "end": 4, "encoding": "raw"}, []),
     ({"type": "cancel", "job": "j1"}, []),
+    ({"type": "preview", "encoding": "png", "width": 36, "height": 24, "styles": ["a.png", "b.jpg"],
+      "weights": [1.0, 0.25], "options": {"style_scale": 1.5, "preserve_colors": True}}, [FRAME_PNG, b"a", b"b"]),
 ]
+PREVIEW = VALID_REQUESTS[-1][0]
 
 
 def with_id(header, request_id=7):
@@ -49,6 +52,10 @@ def test_replies_and_events_decode_on_the_client_side():
     assert unpack(frame, direction="reply").type == "frame"
     status = {"type": "job_status", "job": "j", "state": "running", "frame_count": 3, "received": 3, "finished": 1}
     assert unpack(pack(status), direction="reply").header["state"] == "running"
+    previewed = {"type": "previewed", "width": 36, "height": 24, "encoding": "png", "seconds": 0.2}
+    assert unpack(pack(previewed, [FRAME_PNG]), direction="reply").header["seconds"] == 0.2
+    with pytest.raises(ProtocolError):  # the painted frame must be the PNG the header describes
+        unpack(pack({**previewed, "width": 40}, [FRAME_PNG]), direction="reply")
     with pytest.raises(ProtocolError) as err:  # a reply type is not a request
         unpack(pack(status), direction="request")
     assert err.value.code == "unknown_type"
@@ -92,6 +99,14 @@ def test_each_kind_of_fault_is_named():
     expect(pack({**upload, "index": 0}, [FRAME_PNG]), "bad_field", "index")
     expect(pack({**upload, "index": True}, [FRAME_PNG]), "bad_field", "index")
     expect(pack({"type": "fetch", "job": "j", "start": 5, "end": 4}), "bad_field", "end")
+    styles = [b"a", b"b"]
+    expect(pack({**PREVIEW, "weights": [1.0]}, [FRAME_PNG, *styles]), "bad_field", "weights")
+    expect(pack({**PREVIEW, "weights": [1.0, -1.0]}, [FRAME_PNG, *styles]), "bad_field", "weights")
+    expect(pack({**PREVIEW, "options": {"iterations": 5}}, [FRAME_PNG, *styles]), "bad_field", "options.iterations")
+    expect(pack({**PREVIEW, "options": {"style_scale": 0}}, [FRAME_PNG, *styles]), "bad_field", "options.style_scale")
+    expect(pack(PREVIEW, [FRAME_PNG, b"a"]), "bad_message")
+    expect(pack(PREVIEW, [b"no png", *styles]), "bad_field", "frame")
+    expect(pack(PREVIEW, [FRAME_PNG, b"", b"b"]), "bad_field", "styles[0]")
 
 
 def test_size_limits():
@@ -139,7 +154,8 @@ def broken_field(draw):
     header, blobs = draw(valid_messages)
     header = with_id(header)
     name = draw(st.sampled_from(sorted(k for k in header if k != "id")))
-    optional = name == "since" or (name == "encoding" and header["type"] == "fetch")
+    optional = name == "since" or (name == "encoding" and header["type"] == "fetch") \
+        or (name == "options" and header["type"] == "preview")
     if draw(st.booleans()) and not optional:
         del header[name]
     else:

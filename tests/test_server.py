@@ -142,6 +142,51 @@ def test_cancel_stops_within_an_iteration_and_keeps_finished_frames(engine):
         assert json.loads((engine.jobs_dir / job / "job.json").read_text())["state"] == "cancelled"
 
 
+def test_preview_paints_one_frame_like_the_fast_mode_and_keeps_nothing(engine):
+    from engine_server import StylizeOptions, Stylizer
+
+    frame = clip(1, 64, 48, seed=5)[0]
+    before = tree_snapshot(engine.jobs_dir)
+    with engine.client() as client:
+        client.hello()
+        painted = client.preview(png(frame), styles(), [1.0, 0.5], {"style_scale": 1.0})
+        with pytest.raises(Exception) as refused:
+            client.preview(png(frame), [("broken.png", b"not an image")])
+    assert getattr(refused.value, "code", None) == "bad_field" and refused.value.field == "styles[0]"
+    assert (painted.width, painted.height) == (64, 48) and painted.seconds > 0
+    local = Stylizer([style_image(0), style_image(1)], StylizeOptions(mode="fast-per-frame", device="cpu"))
+    expected = next(iter(local.run([frame], [[1.0, 0.5]]))).image
+    assert np.abs(decode(painted.data).astype(int) - expected).max() <= 1
+    assert np.abs(expected.astype(int) - frame).mean() > 10  # it is a painting, not the frame sent back
+    assert tree_snapshot(engine.jobs_dir) == before, "a preview leaves nothing on the engine's disk"
+
+
+def test_previews_do_not_wait_for_a_running_job_and_overflow_is_busy(engine, raw_socket):
+    with engine.client() as client:
+        job = submit_clip(client, clip(2, 64, 48, seed=6), options={"first_iterations": 5000, "iterations": 5000, "early_stop": False})
+        session = client.open_session(job)
+        collect(session, stop=lambda _: session.state == "running")
+        assert session.state == "running"
+        started = time.monotonic()
+        client.preview(png(clip(1, 64, 48)[0]), styles())
+        waited = time.monotonic() - started
+        assert client.status(job)["state"] == "running" and waited < 20, waited
+        # ten at once: every one answered exactly once, those beyond the queue with `busy`
+        header = {"type": "preview", "encoding": "png", "width": 36, "height": 24, "styles": ["s.png"],
+                  "weights": [1.0]}
+        for i in range(10):
+            raw_socket.send_multipart(pack({**header, "id": 100 + i}, [png(clip(1)[0]), png(style_image(0))]))
+        answers = {}
+        while len(answers) < 10:
+            assert raw_socket.poll(30_000), f"only {len(answers)} of 10 previews answered"
+            reply = unpack(raw_socket.recv_multipart(), direction="reply")
+            assert reply.id not in answers
+            answers[reply.id] = reply.header.get("code", reply.type)
+        assert set(answers) == set(range(100, 110))
+        assert set(answers.values()) == {"previewed", "busy"}, answers
+        client.cancel(job)
+
+
 def test_kill_9_mid_job_then_restart_resumes_and_keeps_frames(engines):
     first = engines.start("crash")
     frames = clip(4, 48, 32, seed=4)

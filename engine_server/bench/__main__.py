@@ -1,16 +1,17 @@
-"""python -m engine_server.bench {modes,speed} [options]: the benchmarks (figures, not tests).
+"""python -m engine_server.bench {modes,speed,fast} [options]: the benchmarks (figures, not tests).
 
 modes: per-frame vs temporal vs multipass on the same frames (stability, style over a long shot).
 speed: the reference's flat schedule beside the coarse-to-fine one, then a clip at production size.
+fast: the feed-forward modes' frames per second, stability and style, and what --init fast saves.
 Each subcommand's --help lists its options.
 """
 from __future__ import annotations
 
 import sys
 
-from . import modes, speed
+from . import fast, modes, speed
 
-COMMANDS = {"modes": modes.main, "speed": speed.main}
+COMMANDS = {"modes": modes.main, "speed": speed.main, "fast": fast.main}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -4,7 +4,9 @@ Threads and sockets:
 - the main thread owns the ROUTER socket that clients talk to, the job store and all job state; it
   polls with a short timeout so SIGTERM/SIGINT stop it promptly, and never waits for the engine;
 - the worker thread (:mod:`.worker`, one per device) runs jobs from a queue and reports back over an
-  inproc PAIR socket; cancelling sets a per-job Event that the engine polls between iterations.
+  inproc PAIR socket; cancelling sets a per-job Event that the engine polls between iterations;
+- the preview thread (:mod:`.preview`) paints single frames with the feed-forward network beside it and
+  hands each answer back over a PAIR socket of its own.
 
 The socket and the peers' outboxes are :mod:`.transport`'s; this module keeps job state, answers
 requests and turns the worker's events into messages. Big replies (attach backlogs, fetches) are
@@ -30,11 +32,13 @@ from .. import __version__
 from ..io.frames import decode_image
 from .jobs import Job, JobsDirBusy, JobStore
 from .transport import StartupError, Transport
+from .preview import PreviewRequest, PreviewWorker
 from .worker import Ticket, Worker
 
 log = logging.getLogger("engine_server.server")
 
 EVENTS_ADDRESS = "inproc://engine-worker-events"
+PREVIEW_ADDRESS = "inproc://engine-preview-answers"
 
 
 def describe_device(name: str) -> tuple[str, str]:
@@ -71,6 +75,7 @@ class Server:
         self.running: str | None = None
         self._stop = False
         self.events = self.worker = None
+        self.previews = self.previewer = None
 
     # -- life cycle ----------------------------------------------------------------------------
     def start(self) -> None:
@@ -92,6 +97,10 @@ class Server:
         self.events.bind(EVENTS_ADDRESS)
         self.worker = Worker(self.context, EVENTS_ADDRESS, self.device, self.vgg_weights)
         self.worker.start()
+        self.previews = self.context.socket(zmq.PAIR)
+        self.previews.bind(PREVIEW_ADDRESS)
+        self.previewer = PreviewWorker(self.context, PREVIEW_ADDRESS, self.device)
+        self.previewer.start()
         self._requeue()
         log.info("engine %s listening on %s (device %s, jobs in %s%s)", __version__, self.bind, self.device_words,
                  self.store.root, ", CURVE" if self.curve_dir else "")
@@ -119,10 +128,13 @@ class Server:
         poller = zmq.Poller()
         poller.register(self.transport.socket, zmq.POLLIN)
         poller.register(self.events, zmq.POLLIN)
+        poller.register(self.previews, zmq.POLLIN)
         while not self._stop:
             ready = dict(poller.poll(self.transport.poll_timeout()))
             if self.events in ready:
                 self._drain_worker_events()
+            if self.previews in ready:
+                self._drain_previews()
             if self.transport.socket in ready:
                 for peer, body in self.transport.receive():
                     self._handle(peer, body)
@@ -130,14 +142,17 @@ class Server:
         log.info("shutting down")
 
     def close(self) -> None:
-        if self.worker is not None:
-            self.worker.stop()
-            self.worker.join(timeout=30)  # the engine stops within one optimization iteration
+        threads = [t for t in (self.worker, self.previewer) if t is not None]
+        for thread in threads:
+            thread.stop()
+        for thread in threads:
+            thread.join(timeout=30)  # the engine stops within one optimization iteration
         self.transport.close()
-        if self.events is not None:
-            self.events.close(linger=0)
+        for socket in (self.events, self.previews):
+            if socket is not None:
+                socket.close(linger=0)
         self.store.unlock()
-        if self.worker is None or not self.worker.is_alive():
+        if not any(thread.is_alive() for thread in threads):
             self.context.term()
         log.info("stopped")
 
@@ -246,6 +261,20 @@ class Server:
             log.info("job %s: cancel requested", job.id)
         self.transport.watch(peer, job.id)
         self.transport.reply(peer, m, {"type": "job_status", **job.status()})
+
+    def _on_preview(self, peer: bytes, m: Message) -> None:
+        request = PreviewRequest(peer, m.id, m.header, [bytes(blob) for blob in m.blobs])
+        if not self.previewer.offer(request):
+            raise ProtocolError("busy", "the engine is painting other previews; ask again in a moment")
+
+    def _drain_previews(self) -> None:
+        while True:
+            try:
+                frames = self.previews.recv_multipart(flags=zmq.NOBLOCK, copy=False)
+            except zmq.Again:
+                return
+            answer = msgpack.unpackb(frames[0].bytes, raw=False)
+            self.transport.send(answer["peer"], pack(answer["reply"], [f.buffer for f in frames[1:]]))
 
     def _frames(self, job: Job, indices: list[int], encoding: str, request_id, fetched: bool = False):
         """Lazily: one ``frame`` message per finished frame (read from disk when it is its turn)."""

@@ -687,6 +687,10 @@ class Layout:
                 log.append(("operator property", idname, key, value))
         return Properties()
 
+    def template_icon(self, icon_value=0, scale=1.0):
+        assert isinstance(icon_value, int) and icon_value > 0, "an icon id from bpy.utils.previews"
+        self.log.append(("icon", scale))
+
     def progress(self, factor=0.0, type="BAR", text=""):
         assert 0.0 <= factor <= 1.0
         self.log.append(("progress", round(factor, 3), text))
@@ -744,6 +748,68 @@ def ui_draw(tmp):
         prefs.engine_mode = mode
         type(prefs).draw(_Drawn(prefs, Layout(draws["prefs"])), bpy.context)
     return draws
+
+
+def preview_and_instant(tmp, address):
+    """Preview the frame under the playhead (nothing added to the edit), then the Instant preset's job."""
+    prefs = bpy_case.enable()
+    _remote(prefs, address)
+    scene, source, frames = _clip_scene(tmp)
+    before, strips_before = strip_state(source), sorted(s.name for s in strips())
+    client_type = addon().engine_link.client_module().EngineClient
+    sent = []
+    original = client_type.start_preview
+
+    def recording(self, frame, styles, weights=None, options=None, width=0, height=0, encoding="png"):
+        sent.append({"weights": [round(w, 4) for w in weights], "options": options, "size": [width, height],
+                     "frame_equal": bool(np.array_equal(cv2.cvtColor(cv2.imdecode(np.frombuffer(frame, np.uint8), 1),
+                                                                    cv2.COLOR_BGR2RGB), frames[2])),
+                     "styles": [name for name, _ in styles]})
+        return original(self, frame, styles, weights, options, width, height, encoding)
+
+    client_type.start_preview = recording
+
+    def engine_jobs():
+        client = client_type(address, timeout=10)
+        try:
+            return len(client.list_jobs())
+        finally:
+            client.close()
+
+    jobs_before = engine_jobs()
+    scene.frame_current = 30
+    outside = call(bpy.ops.vse_style.preview)
+    scene.frame_current = 7  # source element 3 (frames 5.. with one trimmed at the start)
+    result, error = call(bpy.ops.vse_style.preview)
+    state = addon().preview.state
+    image = bpy.data.images.get(addon().preview.IMAGE_NAME)
+    pixels = None
+    if image is not None:  # bottom row first, RGBA floats
+        pixels = (np.array(image.pixels[:]).reshape(image.size[1], image.size[0], 4)[::-1, :, :3] * 255).round()
+    drawn = []
+    _draw(bpy.types.VSE_STYLE_PT_preview, drawn)
+    jobs_made = engine_jobs() - jobs_before
+    # the Instant preset: the whole strip through the engine's fast mode
+    source.vse_style.preset = "INSTANT"
+    preset = {"mode": source.vse_style.mode, "width": source.vse_style.width}
+    source.vse_style.width = 48
+    stylized = call(bpy.ops.vse_style.stylize)
+    record = scene.vse_style_jobs[-1]
+    report = _new_strip_report(scene, record)
+    options_panel = []
+    _draw(bpy.types.VSE_STYLE_PT_options, options_panel)
+    client = client_type(address, timeout=10)
+    try:
+        engine_job = client.status(record.job_id)
+    finally:
+        client.close()
+    report.update(outside=outside, op=result, op_error=error, sent=sent, text=state.text, error=state.error,
+                  image_size=list(image.size) if image is not None else None,
+                  differs=float(np.abs(pixels - frames[2]).mean()) if pixels is not None else None,
+                  drawn=drawn, icon_id=state.icon_id, icon_size=list(state.size), before=before, strips_before=strips_before, preset=preset, stylized=stylized,
+                  engine_options=engine_job["report"]["options"], jobs_made=jobs_made,
+                  options_panel=options_panel, jobs_after_preview=len(scene.vse_style_jobs))
+    return report
 
 
 def curve_keys(tmp, address, keys):

@@ -251,6 +251,27 @@ def test_reattach_to_a_finished_job_after_reloading_the_blend(tmp_path, engine):
     assert result["after_undo"] == result["names_before"]
 
 
+def test_preview_shows_one_painted_frame_and_instant_runs_the_fast_mode(tmp_path, engine):
+    result = run_case("preview_and_instant", tmp=str(tmp_path), address=engine.address)
+    assert result["outside"][0] == [] and "not over 'shot'" in result["outside"][1]
+    assert result["op"] == ["FINISHED"], result["op_error"]
+    # what the engine was sent: the frame under the playhead, the weights its keys give there
+    assert result["sent"][-1]["frame_equal"] and result["sent"][-1]["size"] == [48, 36]
+    assert result["sent"][-1]["weights"] == [0.5, 0.5] and result["sent"][-1]["styles"] == ["s1.png", "s2.png"]
+    assert result["text"].startswith("Frame 7") and not result["error"]
+    assert result["image_size"] == [48, 36] and result["differs"] > 10  # a painting, not the frame
+    assert result["icon_size"] == [48, 36] and ["label", result["text"]] in result["drawn"]
+    assert (["icon", 8.0] in result["drawn"]) == (result["icon_id"] > 0)  # headless Blender makes no icons
+    assert result["source"] == result["before"], "a preview leaves the strip alone"
+    # Instant: mode fast at source width; the job runs the fast mode and comes back as a strip
+    assert result["preset"] == {"mode": "fast", "width": 0}
+    assert result["stylized"][0] == ["FINISHED"], result["stylized"][1]
+    assert result["engine_options"]["mode"] == "fast"
+    assert result["state"] == "done" and result["files"] == [f"frame_{i:06d}.png" for i in (1, 2, 3)]
+    assert result["jobs_made"] == 0 and result["jobs_after_preview"] == 1  # the preview made no job
+    assert ["prop", "iterations"] not in result["options_panel"] and ["prop", "mode"] in result["options_panel"]
+
+
 def test_engine_version_mismatch_is_explained(tmp_path):
     result = run_case("version_mismatch", tmp=str(tmp_path), port=free_port())
     assert "Engine version mismatch" in result["test_connection"] and "protocol 2" in result["status"]

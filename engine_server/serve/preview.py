@@ -1,0 +1,121 @@
+"""Previews: single frames painted by the feed-forward network on a thread beside the job worker.
+
+An editor previews a painting on the current frame while a long optimization job may be running, so a
+preview never waits for the job queue: this thread shares the device with the worker (the network is
+small next to VGG19 and one frame is a single pass). Nothing is written to disk. Like the worker it never
+touches the client socket; each answer goes back to the main loop over an inproc PAIR socket as
+``{"peer": routing id, "reply": header}`` plus the PNG, and the main loop sends it.
+"""
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+import time
+from dataclasses import dataclass
+
+import msgpack
+import numpy as np
+import zmq
+
+from ..io.frames import decode_image, encode_png
+
+log = logging.getLogger(__name__)
+
+MAX_WAITING = 4  # previews queued across all clients; more are answered `busy` (PROTOCOL.md)
+
+
+@dataclass
+class PreviewRequest:
+    peer: bytes
+    request_id: object
+    header: dict
+    blobs: list  # bytes: the frame, then the style images
+
+
+class PreviewWorker(threading.Thread):
+    def __init__(self, context: zmq.Context, events_address: str, device: str):
+        super().__init__(name="engine-preview", daemon=True)
+        self.context, self.events_address, self.device = context, events_address, device
+        self.requests: queue.Queue[PreviewRequest] = queue.Queue(MAX_WAITING)
+        self.shutdown = threading.Event()
+
+    # -- main thread side ---------------------------------------------------------------------
+    def offer(self, request: PreviewRequest) -> bool:
+        """Queue a preview; False when MAX_WAITING are already waiting."""
+        try:
+            self.requests.put_nowait(request)
+            return True
+        except queue.Full:
+            return False
+
+    def stop(self) -> None:
+        self.shutdown.set()
+
+    # -- preview thread -----------------------------------------------------------------------
+    def run(self) -> None:
+        socket = self.context.socket(zmq.PAIR)
+        socket.setsockopt(zmq.LINGER, 1000)
+        socket.connect(self.events_address)
+        try:
+            while not self.shutdown.is_set():
+                try:
+                    request = self.requests.get(timeout=0.2)
+                except queue.Empty:
+                    continue
+                reply, blobs = self._answer(request)
+                if request.request_id is not None:
+                    reply["id"] = request.request_id
+                socket.send_multipart([msgpack.packb({"peer": request.peer, "reply": reply}, use_bin_type=True),
+                                       *blobs])
+        finally:
+            socket.close()
+
+    def _answer(self, request: PreviewRequest) -> tuple[dict, list]:
+        try:
+            return self._paint(request)
+        except _Refused as exc:
+            return {"type": "error", "code": "bad_field", "message": exc.message, "field": exc.field}, []
+        except Exception as exc:  # the network failed: answer, log, keep serving
+            log.exception("preview failed")
+            return {"type": "error", "code": "internal", "message": f"preview failed ({type(exc).__name__})",
+                    "field": None}, []
+
+    def _paint(self, request: PreviewRequest) -> tuple[dict, list]:
+        from .. import StylizeOptions, Stylizer  # the engine core, loaded on this thread
+        from ..errors import InputError, WeightsUnavailable
+
+        h = request.header
+        started = time.perf_counter()
+        frame = _decode(request.blobs[0], h["encoding"], h["width"], h["height"])
+        styles = []
+        for i, blob in enumerate(request.blobs[1:]):
+            style = decode_image(blob)
+            if style is None:
+                raise _Refused(f"style image {i} ({h['styles'][i]}) is not a readable image", f"styles[{i}]")
+            styles.append(style)
+        options = h.get("options") or {}
+        try:
+            stylizer = Stylizer(styles, StylizeOptions(mode="fast-per-frame", device=self.device, **options))
+            result = next(iter(stylizer.run([frame], [h["weights"]])))
+        except (InputError, WeightsUnavailable) as exc:
+            raise _Refused(str(exc), None) from None
+        seconds = time.perf_counter() - started
+        log.info("preview %dx%d painted in %.2f s", h["width"], h["height"], seconds)
+        return ({"type": "previewed", "width": h["width"], "height": h["height"], "encoding": "png",
+                 "seconds": round(seconds, 3)}, [encode_png(result.image)])
+
+
+class _Refused(Exception):
+    def __init__(self, message: str, field: str | None):
+        super().__init__(message)
+        self.message, self.field = message, field
+
+
+def _decode(blob: bytes, encoding: str, width: int, height: int) -> np.ndarray:
+    if encoding == "raw":
+        return np.frombuffer(blob, np.uint8).reshape(height, width, 3)
+    image = decode_image(blob)
+    if image is None:
+        raise _Refused("the frame is not a readable PNG", "frame")
+    return image
