@@ -123,9 +123,7 @@ class EngineClient:
         self.context = context or zmq.Context.instance()
         self.socket = self.context.socket(zmq.DEALER)
         for option, value in ((zmq.LINGER, 0), (zmq.RECONNECT_IVL, 100), (zmq.RECONNECT_IVL_MAX, 2000),
-                              (zmq.HEARTBEAT_IVL, 1000), (zmq.HEARTBEAT_TIMEOUT, 5000), (zmq.SNDHWM, 1000),
-                              # a fixed identity (ROUTER_HANDOVER on the engine) keeps attachments over reconnects
-                              (zmq.ROUTING_ID, b"c" + os.urandom(15))):
+                              (zmq.HEARTBEAT_IVL, 1000), (zmq.HEARTBEAT_TIMEOUT, 5000), (zmq.SNDHWM, 1000)):
             self.socket.setsockopt(option, value)
         if self.curve:
             self.socket.curve_serverkey = server_key
@@ -707,9 +705,15 @@ class JobSession:
 
     def _on_pong(self, message: Message, events: list) -> None:
         instance = message.header.get("instance")
+        attached = message.header.get("attached")
         if self._instance is not None and instance != self._instance:
             events.append({"type": "reconnected", "job": self.job, "restarted": True})
             self._attach()  # a new engine process: attach again, it sends what we missed
+        elif isinstance(attached, list) and self.job not in attached and self.state not in FINAL_STATES:
+            # the connection came back under a new routing id (or the engine dropped it as gone): the
+            # engine no longer sends this job's events here, so attach again and get what was missed
+            events.append({"type": "reconnected", "job": self.job})
+            self._attach()
         self._instance = instance
 
     def _on_error(self, message: Message, events: list) -> None:

@@ -187,6 +187,40 @@ def test_previews_do_not_wait_for_a_running_job_and_overflow_is_busy(engine, raw
         client.cancel(job)
 
 
+def test_two_connections_with_one_routing_id_neither_crash_nor_hijack(engines):
+    """Issue 10.1: with ROUTER_HANDOVER this aborted the engine inside libzmq, 9 runs out of 9."""
+    engine = engines.start("handover")
+    context = zmq.Context.instance()
+    first, second = (context.socket(zmq.DEALER) for _ in range(2))
+    try:
+        for sock in (first, second):
+            sock.setsockopt(zmq.LINGER, 0)
+            sock.setsockopt(zmq.ROUTING_ID, b"someone-elses-id")
+            sock.connect(engine.address)
+            time.sleep(0.3)
+        for i in range(3):
+            assert exchange(first, pack({"type": "ping", "id": i})).type == "pong"
+        second.send_multipart(pack({"type": "ping", "id": 99}))
+        assert not second.poll(1500), "a second connection with a routing id in use is refused"
+        assert exchange(first, pack({"type": "ping", "id": 4})).type == "pong", "the first keeps its replies"
+        assert engine.process.poll() is None, "the engine is alive"
+        with engine.client() as client:
+            assert client.ping()["instance"]
+    finally:
+        first.close()
+        second.close()
+
+
+def test_a_session_whose_attachment_was_lost_attaches_again(engine):
+    with engine.client() as client:
+        job = submit_clip(client, clip(3, seed=7))
+        session = client.open_session(job)
+        client._send({"type": "detach", "job": job})  # as after a reconnect: this connection watches nothing
+        frames = collect(session, timeout=90)
+        assert session.state == "done" and set(frames) == {1, 2, 3}
+        assert job in client.ping()["attached"]
+
+
 def test_kill_9_mid_job_then_restart_resumes_and_keeps_frames(engines):
     first = engines.start("crash")
     frames = clip(4, 48, 32, seed=4)

@@ -190,7 +190,8 @@ class Server:
     def _on_ping(self, peer: bytes, m: Message) -> None:
         queued = sum(1 for job in self.jobs.values() if job.state == "queued")
         self.transport.reply(peer, m, {"type": "pong", "time": time.time(), "queued": queued, "running": self.running,
-                              "instance": self.instance})
+                              "instance": self.instance,
+                              "attached": sorted(self.transport.watching.get(peer, ()))})
 
     def _on_submit(self, peer: bytes, m: Message) -> None:
         spec = {k: v for k, v in m.header["job"].items()

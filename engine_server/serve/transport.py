@@ -94,7 +94,10 @@ class Transport:
     def open(self, context: zmq.Context) -> None:
         self.context = context
         self.socket = self.context.socket(zmq.ROUTER)
-        for option, value in ((zmq.LINGER, 0), (zmq.ROUTER_MANDATORY, 1), (zmq.ROUTER_HANDOVER, 1),
+        # No ROUTER_HANDOVER: with it, a second connection that claims a routing id in use takes over
+        # its replies, and libzmq aborts the whole process on that path (issue 10). Without it such a
+        # connection is refused; a client that reconnects simply attaches again.
+        for option, value in ((zmq.LINGER, 0), (zmq.ROUTER_MANDATORY, 1),
                               (zmq.MAXMSGSIZE, self.limits.max_message_bytes), (zmq.SNDHWM, SNDHWM),
                               (zmq.HEARTBEAT_IVL, 2000), (zmq.HEARTBEAT_TIMEOUT, 10000)):
             self.socket.setsockopt(option, value)
