@@ -14,6 +14,8 @@ style distance <= 1.1x).
 Table 3, ``--init fast``: the first frame's total loss after N iterations from the content frame and from
 the network's painting (flat schedule, early stop off), and how many iterations the painting saves to
 reach the content start's final loss.
+Table 4, the add-on's Preview: one frame sent to a local engine (``serve`` on --device) as the add-on
+sends it, painted, and back, warm (best of 3 after one warm-up), at 1280x720 and 1920x1080.
 """
 from __future__ import annotations
 
@@ -121,6 +123,46 @@ def init_table(args) -> None:
               f"({100 * (1 - reached / args.init_iterations):.0f} %)")
 
 
+def preview_table(args) -> None:
+    import socket
+    import subprocess
+    import tempfile
+
+    import cv2
+
+    from vse_style_shared.client import EngineClient
+
+    device = args.device if args.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu")
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        address = f"tcp://127.0.0.1:{probe.getsockname()[1]}"
+    rows = []
+    with tempfile.TemporaryDirectory() as jobs:
+        engine = subprocess.Popen([sys.executable, "-m", "engine_server", "serve", "--bind", address, "--jobs-dir",
+                                   jobs, "--device", device, "--log-level", "warning"])
+        client = EngineClient(address, timeout=120)
+        try:
+            client.hello()
+            style = [(f"{STYLES[0]}.jpg", (DATA / "styles" / f"{STYLES[0]}.jpg").read_bytes())]
+            source = open_frames(args.clip)[40]
+            for size in args.sizes[1:]:
+                frame = cv2.imencode(".png", cv2.cvtColor(resize(source, size), cv2.COLOR_RGB2BGR))[1].tobytes()
+                client.preview(frame, style)  # warm-up: the network loads on the engine
+                best = None
+                for _ in range(3):
+                    started = time.perf_counter()
+                    painted = client.preview(frame, style)
+                    took = (time.perf_counter() - started, painted.seconds)
+                    best = took if best is None or took < best else best
+                rows.append([device, f"{size[0]}x{size[1]}", f"{best[0]:.2f}", f"{best[1]:.2f}"])
+        finally:
+            client.close()
+            engine.terminate()
+            engine.wait()
+    print("\nPreview round trip to a local engine (PNG frame and painting over loopback), warm, best of 3")
+    print(table(rows, ["engine device", "size", "seconds end to end", "seconds on the engine"]))
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m engine_server.bench fast", description=__doc__.splitlines()[0])
     parser.add_argument("--device", default="auto", help="the device of tables 2 and 3 (table 1 adds CUDA rows)")
@@ -135,7 +177,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--skip-temporal", action="store_true")
     parser.add_argument("--init-size", type=parse_size, default=(256, 109))
     parser.add_argument("--init-iterations", type=int, default=200)
-    parser.add_argument("--skip", default="", help="tables to leave out, e.g. speed,init")
+    parser.add_argument("--skip", default="", help="tables to leave out, e.g. speed,init (of speed, stability, init, preview)")
     args = parser.parse_args(argv)
     if not DATA.is_dir():
         print(f"error: the benchmark needs the shared test data at {DATA}", file=sys.stderr)
@@ -147,6 +189,8 @@ def main(argv: list[str] | None = None) -> int:
         stability_table(args)
     if "init" not in skip:
         init_table(args)
+    if "preview" not in skip:
+        preview_table(args)
     return 0
 
 
