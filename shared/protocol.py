@@ -37,6 +37,7 @@ class Limits:
     max_side: int = 8192
     max_styles: int = 16
     max_name_chars: int = 256
+    max_style_pixels: int = 40_000_000  # width x height a style image may declare (an 8000x5000 scan)
 
     def as_dict(self) -> dict:
         return asdict(self)

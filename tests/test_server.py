@@ -8,6 +8,7 @@ import subprocess
 import sys
 import time
 
+import cv2
 import numpy as np
 import pytest
 import zmq
@@ -219,6 +220,43 @@ def test_a_session_whose_attachment_was_lost_attaches_again(engine):
         frames = collect(session, timeout=90)
         assert session.state == "done" and set(frames) == {1, 2, 3}
         assert job in client.ping()["attached"]
+
+
+def png_declaring(width, height):
+    """A small PNG file whose header declares width x height pixels (a decompression bomb)."""
+    import struct
+    import zlib
+
+    def chunk(kind, data):
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+    rows = zlib.compress(b"\0" * 2_000_000, 9)  # what an attacker sends: far less than it expands to
+    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0))
+            + chunk(b"IDAT", rows) + chunk(b"IEND", b""))
+
+
+def test_style_images_are_judged_by_their_header_before_decoding(engine, raw_socket):
+    """Issue 10.3: a 30000x30000 PNG stalled the main loop for 16 s at 5.9 GB and was accepted."""
+    bomb = png_declaring(30000, 30000)
+    assert len(bomb) < 100_000
+    before = tree_snapshot(engine.jobs_dir)
+    job = {"frame_count": 1, "width": 36, "height": 24, "styles": ["huge.png"], "weights": [[1.0]]}
+    preview = {"type": "preview", "encoding": "png", "width": 36, "height": 24, "styles": ["huge.png"],
+               "weights": [1.0]}
+    for request, blobs in (({"type": "submit", "id": 1, "job": job}, [bomb]),
+                           ({**preview, "id": 2}, [png(clip(1)[0]), bomb]),
+                           ({"type": "submit", "id": 3, "job": job}, [png_declaring(7000, 6000)])):
+        started = time.monotonic()
+        reply = exchange(raw_socket, pack(request, blobs))
+        assert time.monotonic() - started < 2.0, "answered from the header, nothing decoded"
+        assert (reply.header["code"], reply.header["field"]) == ("bad_field", "styles[0]"), reply.header
+        assert "pixels" in reply.header["message"]
+    assert tree_snapshot(engine.jobs_dir) == before
+    ok, jpeg = cv2.imencode(".jpg", style_image(0))
+    reply = exchange(raw_socket, pack({"type": "submit", "id": 4, "job": {**job, "styles": ["s.jpg"]}},
+                                      [jpeg.tobytes()]))
+    assert reply.type == "accepted", "an ordinary JPEG painting is taken"
+    with engine.client() as client:
+        assert client.hello()["limits"]["max_style_pixels"] == 40_000_000
 
 
 def test_kill_9_mid_job_then_restart_resumes_and_keeps_frames(engines):

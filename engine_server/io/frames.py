@@ -169,6 +169,29 @@ def encode_png(rgb: np.ndarray, level: int | None = None) -> bytes:
     return data.tobytes()
 
 
+def image_problem(blob, max_pixels: int) -> str | None:
+    """Why an image file cannot be taken, judged from its header alone (no pixels decoded, so a small
+    file that declares a gigapixel image costs nothing): 'not a readable image' or its declared size
+    past ``max_pixels``; None when it may be decoded."""
+    import io
+    import warnings
+
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            with Image.open(io.BytesIO(bytes(blob))) as image:  # parses the header only
+                width, height = image.size
+    except Image.DecompressionBombError:
+        return f"declares more than {max_pixels} pixels"
+    except (UnidentifiedImageError, OSError, ValueError, SyntaxError):
+        return "not a readable image"
+    if width * height > max_pixels:
+        return f"declares {width}x{height} pixels, more than the {max_pixels} allowed"
+    return None
+
+
 def decode_image(blob) -> np.ndarray | None:
     """Image file bytes -> HxWx3 uint8 RGB, or None if they are not a readable image."""
     bgr = cv2.imdecode(np.frombuffer(blob, np.uint8), cv2.IMREAD_COLOR)

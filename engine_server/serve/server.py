@@ -29,7 +29,7 @@ from vse_style_shared.protocol import (
 )
 
 from .. import __version__
-from ..io.frames import decode_image
+from ..io.frames import decode_image, image_problem
 from .jobs import Job, JobsDirBusy, JobStore
 from .transport import StartupError, Transport
 from .preview import PreviewRequest, PreviewWorker
@@ -197,10 +197,7 @@ class Server:
         spec = {k: v for k, v in m.header["job"].items()
                 if k in ("frame_count", "width", "height", "styles", "weights", "options", "name")}
         spec.setdefault("options", {})
-        for i, blob in enumerate(m.blobs):
-            if decode_image(blob) is None:
-                raise ProtocolError("bad_field", f"style image {i} ({spec['styles'][i]}) is not a readable image",
-                                    f"styles[{i}]")
+        self._check_styles(spec["styles"], m.blobs)
         job = self.store.create(spec, m.blobs)
         self.jobs[job.id] = job
         self.transport.watch(peer, job.id)
@@ -263,7 +260,15 @@ class Server:
         self.transport.watch(peer, job.id)
         self.transport.reply(peer, m, {"type": "job_status", **job.status()})
 
+    def _check_styles(self, names: list, blobs) -> None:
+        """From their headers only: a decompression bomb never gets decoded, here or in the worker."""
+        for i, blob in enumerate(blobs):
+            problem = image_problem(blob, self.limits.max_style_pixels)
+            if problem is not None:
+                raise ProtocolError("bad_field", f"style image {i} ({names[i]}): {problem}", f"styles[{i}]")
+
     def _on_preview(self, peer: bytes, m: Message) -> None:
+        self._check_styles(m.header["styles"], m.blobs[1:])
         request = PreviewRequest(peer, m.id, m.header, [bytes(blob) for blob in m.blobs])
         if not self.previewer.offer(request):
             raise ProtocolError("busy", "the engine is painting other previews; ask again in a moment")
@@ -390,7 +395,8 @@ def add_parser(sub) -> None:
                                              "peer) and in a whole message"),
                        ("max_header_bytes", "bytes in a message's msgpack header"),
                        ("max_frames", "frames in one job"), ("max_side", "pixels of a frame's width or height"),
-                       ("max_styles", "styles in one job")):
+                       ("max_styles", "styles in one job"),
+                       ("max_style_pixels", "pixels (width x height) a style image may declare")):
         p.add_argument("--" + name.replace("_", "-"), type=int, default=getattr(defaults, name), metavar="N",
                        help=f"limit: {what} (default %(default)s)")
 
@@ -399,7 +405,8 @@ def run_serve(args) -> int:
     logging.basicConfig(level=args.log_level.upper(), stream=sys.stderr,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     limits = Limits(max_message_bytes=args.max_message_bytes, max_header_bytes=args.max_header_bytes,
-                    max_frames=args.max_frames, max_side=args.max_side, max_styles=args.max_styles)
+                    max_frames=args.max_frames, max_side=args.max_side, max_styles=args.max_styles,
+                    max_style_pixels=args.max_style_pixels)
     try:
         server = Server(args.bind, args.jobs_dir, args.device, args.curve_dir, limits, args.vgg_weights)
         server.start()
