@@ -95,7 +95,7 @@ class VSE_STYLE_PT_preview(SidebarPanel, bpy.types.Panel):
     def draw(self, context):
         layout = self.layout
         state = preview.state
-        if state.icon_id and not (state.busy and state.error):
+        if state.icon_id and not state.error:  # the last painting stays while the next one is made
             layout.template_icon(icon_value=state.icon_id, scale=8.0)
         icon = 'ERROR' if state.error else ('TIME' if state.busy else 'IMAGE_DATA')
         layout.label(text=state.text, icon=icon)
