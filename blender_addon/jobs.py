@@ -402,7 +402,7 @@ def tick(max_seconds: float = 0.02) -> bool:
     deadline = time.monotonic() + max_seconds
     for run in list(_runs.values()):
         _step(run, deadline)
-    _redraw()
+    redraw_sequencers()
     return bool(_runs)
 
 
@@ -423,7 +423,8 @@ def stop_all():
         bpy.app.timers.unregister(_timer)
 
 
-def _redraw():
+def redraw_sequencers():
+    """Tag every Sequencer area for redraw (progress changed outside an operator)."""
     wm = bpy.context.window_manager
     for window in (wm.windows if wm else ()):
         for area in window.screen.areas:

@@ -15,7 +15,7 @@ import traceback
 import bpy
 import bpy.utils.previews
 
-from . import engine_link, export
+from . import engine_link, export, jobs
 from .engine_link import LinkError
 from .keyframes import sample_weights
 
@@ -37,7 +37,11 @@ class State:
         self.error = False
         self.icon_id = 0        # in the sidebar (bpy.utils.previews)
         self.size = (0, 0)      # the painting's pixels
-        self.busy = False
+
+    @property
+    def busy(self) -> bool:
+        """A preview is in flight."""
+        return _pending is not None
 
 
 state = State()
@@ -91,15 +95,13 @@ class Pending:
 
 def start(scene, strip, settings, width: int, options: dict, background: bool = False) -> Pending:
     """Export the strip's frame under the playhead and send it; the preview advances in tick()."""
-    from .jobs import read_styles  # jobs imports nothing of this module; keep it one-way at import time
-
     global _pending
     if strip is None:
         raise PreviewError("No active strip: select the strip to preview in the Sequencer")
     frame = scene.frame_current
     if frame not in export.frame_range(strip):
         raise PreviewError(f"The playhead (frame {frame}) is not over '{strip.name}': move it onto the strip")
-    styles = read_styles(strip)
+    styles = jobs.read_styles(strip)
     folder = tempfile.mkdtemp(prefix="vse_style_preview_")
     try:
         exporter = export.Exporter(scene, strip, folder, width, frames=[frame])
@@ -113,7 +115,7 @@ def start(scene, strip, settings, width: int, options: dict, background: bool = 
     if _pending is not None:
         _pending.cancel()  # the editor asked for another frame: only the newest counts
     _pending = Pending(settings, strip.name, frame, frame_png, size, styles, weights, options, background)
-    state.busy, state.error = True, False
+    state.error = False
     state.strip, state.frame, state.text = strip.name, frame, f"Painting frame {frame}"
     if not background and not bpy.app.timers.is_registered(_timer):
         bpy.app.timers.register(_timer, first_interval=TIMER_INTERVAL)
@@ -137,8 +139,8 @@ def tick(max_seconds: float = 0.02) -> bool:
         state.text, state.error = engine_link.explain(exc), True
         engine_link.forget_client()
     if finished and _pending is pending:
-        _pending, state.busy = None, False
-    _redraw()
+        _pending = None
+    jobs.redraw_sequencers()
     return _pending is not None
 
 
@@ -189,20 +191,12 @@ def _remove(path: str):
         pass
 
 
-def _redraw():
-    wm = bpy.context.window_manager
-    for window in (wm.windows if wm else ()):
-        for area in window.screen.areas:
-            if area.type == "SEQUENCE_EDITOR":
-                area.tag_redraw()
-
-
 def stop():
     """Forget the preview in flight (file loaded, add-on disabled)."""
     global _pending
     if _pending is not None:
         _pending.cancel()
-    _pending, state.busy = None, False
+    _pending = None
     if bpy.app.timers.is_registered(_timer):
         bpy.app.timers.unregister(_timer)
 

@@ -146,6 +146,8 @@ not_int = (st.none() | st.booleans() | st.floats() | st.text(max_size=8) | st.bi
 not_str = (st.none() | st.booleans() | mp_ints | st.floats() | st.binary(max_size=8) | st.just("")
            | st.dictionaries(st.text(max_size=3), mp_ints, max_size=2))
 not_map = st.none() | mp_ints | st.text(max_size=8) | st.lists(mp_ints, max_size=3)
+not_list = (st.none() | mp_ints | st.floats() | st.text(max_size=8)
+            | st.dictionaries(st.text(max_size=3), mp_ints, max_size=2))
 
 
 @st.composite
@@ -160,7 +162,8 @@ def broken_field(draw):
         del header[name]
     else:
         original = header[name]
-        junk = not_map if isinstance(original, dict) else not_str if isinstance(original, str) else not_int
+        junk = (not_map if isinstance(original, dict) else not_str if isinstance(original, str)
+                else not_list if isinstance(original, list) else not_int)
         header[name] = draw(junk.filter(lambda v: not (optional and v is None)))
     return [msgpack.packb({"v": PROTOCOL_VERSION, **header}, use_bin_type=True), *blobs]
 

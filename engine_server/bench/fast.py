@@ -71,10 +71,9 @@ def stability_table(args) -> None:
         scores = {}
         modes = ["fast-per-frame", "fast"] + (["temporal"] if k == 0 and not args.skip_temporal else [])
         for mode in modes:
-            options = StylizeOptions(mode=mode, device=args.device)
-            if mode == "temporal":
-                options = StylizeOptions(mode=mode, device=args.device, first_iterations=args.first_iterations,
-                                         iterations=args.iterations)
+            budget = {"first_iterations": args.first_iterations, "iterations": args.iterations} \
+                if mode == "temporal" else {}
+            options = StylizeOptions(mode=mode, device=args.device, **budget)
             started = time.perf_counter()
             outputs = [r.image for r in Stylizer([str(path)], options).run(frames)]
             seconds = (time.perf_counter() - started) / len(frames)

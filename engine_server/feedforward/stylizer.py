@@ -12,6 +12,7 @@ import torch
 import torch.nn.functional as F
 
 from ..style import color
+from ..style.targets import image_tensor, tensor_image
 from .ghiasi import ArbitraryStyleNetwork
 
 MIN_SIDE = 64        # the network's input is never smaller than this on its short side
@@ -19,14 +20,8 @@ MAX_PIXELS = 4096 * 4096  # nor larger than this (a very small --style-scale wou
 
 
 def to_unit(rgb: np.ndarray, device) -> torch.Tensor:
-    """HxWx3 uint8 -> (1, 3, H, W) float32 in [0, 1]."""
-    array = np.ascontiguousarray(np.asarray(rgb).transpose(2, 0, 1), dtype=np.float32) / 255.0
-    return torch.from_numpy(array)[None].to(device)
-
-
-def to_rgb8(image: torch.Tensor) -> np.ndarray:
-    """(1, 3, H, W) in [0, 1] -> HxWx3 uint8."""
-    return (image[0].clamp(0, 1) * 255.0).round().byte().permute(1, 2, 0).cpu().numpy()
+    """HxWx3 uint8 -> (1, 3, H, W) float32 in [0, 1], the network's range (the optimization's is 0..255)."""
+    return image_tensor(rgb, device) / 255.0
 
 
 def network_size(frame_size: tuple[int, int], style_scale: float) -> tuple[int, int]:
@@ -82,5 +77,5 @@ class FeedForwardStylizer:
 
     def finish(self, painted: torch.Tensor, content_rgb: np.ndarray) -> np.ndarray:
         """The output frame: uint8 RGB, with the content's colours put back when they are preserved."""
-        rgb = to_rgb8(painted)
+        rgb = np.clip(np.round(tensor_image(painted * 255.0)), 0, 255).astype(np.uint8)
         return color.recombine(rgb, content_rgb) if self.preserve_colors else rgb

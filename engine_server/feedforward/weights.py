@@ -116,7 +116,7 @@ def load_into(model: torch.nn.Module, weights: dict[str, tuple[np.ndarray, np.nd
         raise WeightsUnavailable(f"{path}: convolutions the model does not know: {sorted(unused)[:3]}")
 
 
-@lru_cache(maxsize=4)
+@lru_cache(maxsize=None)
 def _load_cpu() -> ArbitraryStyleNetwork:
     folder = weights_folder()
     network = ArbitraryStyleNetwork()
@@ -126,19 +126,17 @@ def _load_cpu() -> ArbitraryStyleNetwork:
     return network.eval()
 
 
-_ON_DEVICE: dict[str, ArbitraryStyleNetwork] = {}
-
-
 def load_arbitrary_style_network(device: torch.device | str = "cpu") -> ArbitraryStyleNetwork:
     """The trained P and T on ``device`` (read once per process)."""
-    key = str(device)
-    if key not in _ON_DEVICE:
-        cpu = _load_cpu()
-        if torch.device(device).type == "cpu":
-            _ON_DEVICE[key] = cpu
-        else:
-            moved = ArbitraryStyleNetwork()
-            moved.load_state_dict(cpu.state_dict())
-            moved.source = cpu.source
-            _ON_DEVICE[key] = moved.eval().to(device)
-    return _ON_DEVICE[key]
+    return _on_device(str(device))
+
+
+@lru_cache(maxsize=None)
+def _on_device(device: str) -> ArbitraryStyleNetwork:
+    cpu = _load_cpu()
+    if torch.device(device).type == "cpu":
+        return cpu
+    moved = ArbitraryStyleNetwork()
+    moved.load_state_dict(cpu.state_dict())
+    moved.source = cpu.source
+    return moved.eval().to(device)

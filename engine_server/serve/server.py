@@ -274,12 +274,7 @@ class Server:
             raise ProtocolError("busy", "the engine is painting other previews; ask again in a moment")
 
     def _drain_previews(self) -> None:
-        while True:
-            try:
-                frames = self.previews.recv_multipart(flags=zmq.NOBLOCK, copy=False)
-            except zmq.Again:
-                return
-            answer = msgpack.unpackb(frames[0].bytes, raw=False)
+        for answer, frames in _pending_messages(self.previews):
             self.transport.send(answer["peer"], pack(answer["reply"], [f.buffer for f in frames[1:]]))
 
     def _frames(self, job: Job, indices: list[int], encoding: str, request_id, fetched: bool = False):
@@ -327,12 +322,7 @@ class Server:
         self.worker.enqueue(ticket)
 
     def _drain_worker_events(self) -> None:
-        while True:
-            try:
-                frames = self.events.recv_multipart(flags=zmq.NOBLOCK, copy=False)
-            except zmq.Again:
-                return
-            event = msgpack.unpackb(frames[0].bytes, raw=False)
+        for event, frames in _pending_messages(self.events):
             job = self.jobs.get(event["job"])
             if job is None:
                 continue
@@ -367,6 +357,16 @@ class Server:
 
     def _worker_stopped(self, job: Job, event: dict, blobs) -> None:
         self.running = None  # shutdown: the job stays 'running' on disk and resumes on the next start
+
+
+def _pending_messages(socket: zmq.Socket):
+    """(msgpack header, all frames) of every message waiting on one of the threads' PAIR sockets."""
+    while True:
+        try:
+            frames = socket.recv_multipart(flags=zmq.NOBLOCK, copy=False)
+        except zmq.Again:
+            return
+        yield msgpack.unpackb(frames[0].bytes, raw=False), frames
 
 
 # -- the command --------------------------------------------------------------------------------
