@@ -30,7 +30,7 @@ from .optimize import schedule
 from .optimize.optimizer import FrameOutcome, OptimizerSettings, optimize_levels, seconds_per_iteration
 from .options import FAST_MODES, StylizeOptions
 from .style import color
-from .style.targets import StyleTargets, image_tensor, tensor_image
+from .style.targets import StyleTargets, fit_style, image_tensor, style_pixels_needed, tensor_image
 from .style.vgg import CONTENT_LAYERS, load_vgg19
 
 WARM_STOP_WINDOW = 10  # iterations: the early-stop window of warm-started frames
@@ -189,8 +189,11 @@ class _Run:
         self.work_done = 0.0  # in full-size iterations, for the ETA
         self.colour_reference = source[0] if self.opts.preserve_colors else None
         self._emit(Progress("setup", 0, self.count))
+        needed = style_pixels_needed(source.size, self.opts.style_scale, stylizer.vgg is not None,
+                                     stylizer.network is not None)
+        self.styles = [fit_style(style, needed) for style in stylizer.style_images]
         self.painter = None if stylizer.network is None else FeedForwardStylizer(
-            stylizer.network, stylizer.style_images, stylizer.device, self.opts.style_scale, self.opts.preserve_colors)
+            stylizer.network, self.styles, stylizer.device, self.opts.style_scale, self.opts.preserve_colors)
         self.targets: dict[tuple[int, int], StyleTargets] = {}
         if stylizer.vgg is not None:
             self.targets_at(source.size)
@@ -220,7 +223,7 @@ class _Run:
     def targets_at(self, size: tuple[int, int]) -> StyleTargets:
         """The styles' Gram targets for frames of ``size`` (each pyramid level has its own)."""
         if size not in self.targets:
-            self.targets[size] = StyleTargets(self.s.style_images, self.s.vgg, size, self.s.device,
+            self.targets[size] = StyleTargets(self.styles, self.s.vgg, size, self.s.device,
                                               self.opts.style_scale, self.colour_reference)
         return self.targets[size]
 

@@ -19,6 +19,7 @@ import numpy as np
 import zmq
 
 from ..io.frames import decode_image, encode_png
+from ..style.targets import NETWORK_STYLE_PIXELS, fit_style
 
 log = logging.getLogger(__name__)
 
@@ -93,7 +94,7 @@ class PreviewWorker(threading.Thread):
             style = decode_image(blob)
             if style is None:
                 raise _Refused(f"style image {i} ({h['styles'][i]}) is not a readable image", f"styles[{i}]")
-            styles.append(style)
+            styles.append(fit_style(style, NETWORK_STYLE_PIXELS))  # one full-size painting held at a time
         options = h.get("options") or {}
         try:
             stylizer = Stylizer(styles, StylizeOptions(mode="fast-per-frame", device=self.device, **options))

@@ -36,6 +36,23 @@ def scale_to_area(style: np.ndarray, area: float) -> np.ndarray:
     return resize(style, (max(16, round(w * factor)), max(16, round(h * factor))))
 
 
+NETWORK_STYLE_PIXELS = 1024 * 1024  # the feed-forward predictor sees a 256 px square: keep 4x that
+
+
+def style_pixels_needed(frame_size: tuple[int, int], style_scale: float, optimized: bool, network: bool) -> int:
+    """The most pixels of a painting a job can use: the optimization sizes it to the frame's area times
+    style_scale squared, the feed-forward network needs NETWORK_STYLE_PIXELS."""
+    optimization = frame_size[0] * frame_size[1] * style_scale ** 2 if optimized else 0
+    return max(round(optimization), NETWORK_STYLE_PIXELS if network else 0, 16 * 16)
+
+
+def fit_style(style: np.ndarray, pixels: int) -> np.ndarray:
+    """A painting no larger than ``pixels`` (area-averaged down, never up), so a 40-megapixel scan costs a
+    job what its frames need and no more."""
+    h, w = style.shape[:2]
+    return scale_to_area(style, pixels) if h * w > pixels else style
+
+
 class StyleTargets:
     def __init__(
         self,
