@@ -11,13 +11,14 @@ A client needs ``server.key`` (public) and its own ``*.key_secret``; the secret 
 """
 from __future__ import annotations
 
+import datetime
 import os
 import re
 import shutil
 import sys
 from pathlib import Path
 
-import zmq.auth
+import zmq
 
 
 def add_parser(sub) -> None:
@@ -40,15 +41,30 @@ def generate(folder: str | os.PathLike, client: str = "client", force: bool = Fa
     allowed = folder / "authorized_clients"
     allowed.mkdir(exist_ok=True)
     if force or not (folder / "server.key_secret").exists():
-        zmq.auth.create_certificates(folder, "server")
+        create_certificate(folder, "server")
     if (folder / f"{client}.key").exists() and not force:
         raise FileExistsError(f"{folder / (client + '.key')} exists (use --force to replace it)")
-    public, secret = zmq.auth.create_certificates(folder, client)
-    shutil.copy(public, allowed / Path(public).name)
-    for path in folder.glob("*.key_secret"):
-        path.chmod(0o600)
+    public, secret = create_certificate(folder, client)
+    shutil.copy(public, allowed / public.name)
     return {"server_public": folder / "server.key", "server_secret": folder / "server.key_secret",
-            "client_public": Path(public), "client_secret": Path(secret)}
+            "client_public": public, "client_secret": secret}
+
+
+def create_certificate(folder: Path, name: str) -> tuple[Path, Path]:
+    """``name.key`` and ``name.key_secret`` in ZeroMQ's certificate format (zmq.auth.load_certificate
+    reads them). The secret file is created with mode 0600 from its first byte, never readable by
+    others even for a moment (zmq.auth.create_certificates leaves that to the umask)."""
+    public_key, secret_key = zmq.curve_keypair()
+    stamp = datetime.datetime.now().isoformat(timespec="seconds")
+    public_file, secret_file = folder / f"{name}.key", folder / f"{name}.key_secret"
+    curve = f'curve\n    public-key = "{public_key.decode()}"\n'
+    public_file.write_text(f"#   ZeroMQ CURVE Public Certificate ({stamp})\nmetadata\n{curve}")
+    secret_file.unlink(missing_ok=True)  # an existing file would keep its old mode
+    handle = os.open(secret_file, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(handle, "w") as out:
+        out.write(f"#   ZeroMQ CURVE **Secret** Certificate ({stamp}): keep it private\nmetadata\n{curve}"
+                  f'    secret-key = "{secret_key.decode()}"\n')
+    return public_file, secret_file
 
 
 def run_keygen(args) -> int:
