@@ -31,6 +31,7 @@ class Settings:
     address: str = "tcp://127.0.0.1:5555"
     keys_dir: str = ""
     timeout: float = 10.0
+    token: str = ""  # owner_token(): whose jobs the shared client submits
 
     @classmethod
     def from_prefs(cls, prefs) -> "Settings":
@@ -38,7 +39,7 @@ class Settings:
         jobs_dir = bpy.path.abspath(prefs.jobs_dir) if prefs.jobs_dir else _default_jobs_dir()
         return cls(prefs.engine_mode, bpy.path.abspath(prefs.python), prefs.port, jobs_dir,
                    prefs.address.strip(), bpy.path.abspath(prefs.keys_dir) if prefs.keys_dir else "",
-                   prefs.timeout)
+                   prefs.timeout, owner_token())
 
     @property
     def target(self) -> str:
@@ -52,6 +53,36 @@ def _default_jobs_dir() -> str:
     except (ValueError, AttributeError):  # running from a source checkout
         folder = bpy.utils.user_resource('DATAFILES', path="vse_style_transfer", create=True)
         return os.path.join(folder, "jobs")
+
+
+_token = ""
+
+
+def owner_token() -> str:
+    """This Blender user's secret for the engine: jobs belong to the token that submitted them
+    (PROTOCOL.md, Owners). Kept in the add-on's user folder (mode 0600) so a restarted Blender reaches the
+    same jobs; each job record keeps a copy too, so a .blend opened elsewhere can still resume its jobs."""
+    global _token
+    if _token:
+        return _token
+    path = os.path.join(os.path.dirname(_default_jobs_dir()), "client-token")
+    try:
+        with open(path) as handle:
+            _token = handle.read().strip()
+    except OSError:
+        pass
+    if len(_token) < 16:
+        import secrets
+
+        _token = secrets.token_urlsafe(32)
+        try:
+            if os.path.exists(path):
+                os.remove(path)
+            with os.fdopen(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600), "w") as handle:
+                handle.write(_token)
+        except OSError:
+            pass  # still this session's owner; the job records keep the token
+    return _token
 
 
 def client_module():
@@ -170,7 +201,7 @@ def _new_client(settings: Settings, timeout: float):
                                 f"'python -m engine_server keygen DIR')")
     try:
         return api.EngineClient(settings.target, server_public_key=server_key, client_keys=client_keys,
-                                timeout=timeout, name="blender vse_style_transfer")
+                                timeout=timeout, name="blender vse_style_transfer", token=settings.token or None)
     except ValueError as exc:
         raise LinkError(f"Bad engine address or keys: {exc}") from None
 
@@ -321,20 +352,21 @@ class JobLink:
     ``uploaded`` (count, total), ``accepted`` (job), ``progress`` (the engine's fields), ``frame`` (index,
     data), ``state`` (state, error message or ''), ``unreachable`` (message), ``reconnected``."""
 
-    def __init__(self, client, job_id: str = "", since: int = 0):
+    def __init__(self, client, job_id: str = "", since: int = 0, token: str = ""):
         self.client = client
         self.job_id = job_id
+        self.token = token or None  # whose job it is (records made before owners had none)
         self.upload = None
         self.session = None
         self.state = "uploading"
         self._acked = 0
         if job_id:
-            self.session = client.open_session(job_id, since=since)
+            self.session = client.open_session(job_id, since=since, token=self.token)
 
     @classmethod
-    def submit(cls, client, frames, styles, weights, options, width, height, name):
-        link = cls(client)
-        link.upload = client.start_submit(frames, styles, weights, options, width, height, name=name)
+    def submit(cls, client, frames, styles, weights, options, width, height, name, token):
+        link = cls(client, token=token)
+        link.upload = client.start_submit(frames, styles, weights, options, width, height, name=name, token=token)
         return link
 
     def tick(self, max_seconds: float = 0.005, block: bool = False) -> list:
@@ -354,7 +386,7 @@ class JobLink:
             if upload.state == "done":
                 self.upload = None
                 self.state = "queued"
-                self.session = self.client.open_session(self.job_id)
+                self.session = self.client.open_session(self.job_id, token=self.token)
             return events
         for event in self.session.tick(max_seconds, block=block):
             kind = event.get("type")
@@ -364,8 +396,8 @@ class JobLink:
                 events.append({"type": "state", "state": event["state"], "error": error.get("message") or ""})
             elif kind == "error":
                 if event.get("code") == "unknown_job":
-                    raise LinkError(f"The engine does not know job {self.job_id} (its jobs folder was "
-                                    f"cleared or this is another engine)")
+                    raise LinkError(f"The engine has no job {self.job_id} of this user (it was deleted or "
+                                    f"cleaned up, or this is another engine)")
                 raise LinkError(f"The engine refused the request: {event.get('message')}")
             elif kind in ("progress", "frame", "unreachable", "reconnected"):
                 events.append(event)
@@ -379,7 +411,7 @@ class JobLink:
     def cancel(self):
         """Ask the engine to stop (blocking up to the timeout). Before the engine knew the job: nothing."""
         if self.job_id:
-            self.client.cancel(self.job_id)
+            self.client.cancel(self.job_id, token=self.token)
 
     def close(self):
         if self.session is not None:

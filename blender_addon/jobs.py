@@ -142,10 +142,10 @@ class Run:
             styles, weights, options = self.job_request
             info = self.info
             self.link = engine_link.JobLink.submit(client, self.exporter.paths, styles, weights, options,
-                                                   info["width"], info["height"], info["name"])
+                                                   info["width"], info["height"], info["name"], info["token"])
             self.update(state="uploading", progress_text="Uploading")
         else:
-            self.link = engine_link.JobLink(client, self.info["job_id"], since=self.since)
+            self.link = engine_link.JobLink(client, self.info["job_id"], since=self.since, token=self.info["token"])
             self.update(progress_text="Attached to the engine")
         self.stage = "engine"
 
@@ -337,6 +337,7 @@ def start(scene, strip, settings, background=False) -> Run:
     record.width, record.height = exporter.size
     record.source_size, record.rendered = exporter.source_size, exporter.rendered
     record.created = time.time()
+    record.token = engine_link.owner_token()
     scene.vse_style_job_index = len(scene.vse_style_jobs) - 1
     run = Run(scene, record, settings, exporter=exporter, job_request=(styles, weights, _options(options)),
               background=background)

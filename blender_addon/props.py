@@ -75,6 +75,7 @@ class VSE_STYLE_PG_job(bpy.types.PropertyGroup):
     """One stylize job of this file, kept so it can be re-imported or resumed after a restart."""
     uid: StringProperty()          # local id, known before the engine assigns job_id
     job_id: StringProperty()       # the engine's id ("" until the engine accepted the job)
+    token: StringProperty()        # the owner's secret the job was submitted with (engine_link.owner_token)
     name: StringProperty()         # label: the source strip's name when submitted
     source: StringProperty()       # source strip name (renames are followed while Blender runs)
     state: StringProperty(default="exporting")

@@ -19,6 +19,11 @@ amount of work and returns)::
     session = client.open_session(upload.job_id)
     for event in session.tick(0.005): ...              # progress / frame / job_status / unreachable
 
+A job belongs to the client that submitted it: to its ``token`` (``client.token``, made fresh per
+client unless one is passed), or to its CURVE key on an engine with keys. Keep the token with the job
+id to reach the job from another process later: ``EngineClient(address, token=saved_token)``, or pass
+``token=`` to a single call (the add-on keeps one per job record).
+
 An ``EngineClient`` and its sessions and uploads share one DEALER socket and must be used from one
 thread. ZeroMQ reconnects by itself; a session that hears nothing pings, reports an ``unreachable``
 event once the engine has been silent for ``timeout`` seconds, and when the engine answers again (or
@@ -29,6 +34,8 @@ from __future__ import annotations
 import itertools
 import logging
 import os
+import re
+import secrets
 import time
 from collections import deque
 from dataclasses import dataclass, field
@@ -38,7 +45,7 @@ import zmq
 import zmq.auth
 
 from .protocol import (
-    FINAL_STATES, PROTOCOL_VERSION, Limits, Message, ProtocolError, from_ranges, pack, png_size, unpack,
+    FINAL_STATES, PROTOCOL_VERSION, TOKEN_CHARS, Limits, Message, ProtocolError, from_ranges, pack, png_size, unpack,
 )
 
 log = logging.getLogger(__name__)
@@ -104,8 +111,13 @@ def _key_pair(value, what: str) -> tuple[bytes, bytes | None]:
 
 class EngineClient:
     def __init__(self, address: str, server_public_key=None, client_keys=None, timeout: float = 10.0,
-                 context: zmq.Context | None = None, name: str = "vse_style_shared"):
+                 context: zmq.Context | None = None, name: str = "vse_style_shared", token: str | None = None):
         self.address, self.timeout, self.name = address, float(timeout), name
+        # Who owns the jobs this client submits (PROTOCOL.md, Owners): a fresh secret unless one is given
+        # to reach jobs submitted earlier; an engine with CURVE keys goes by the client key instead.
+        self.token = token or secrets.token_urlsafe(32)
+        if not TOKEN_CHARS[0] <= len(self.token) <= TOKEN_CHARS[1]:
+            raise ValueError(f"token: {TOKEN_CHARS[0]} to {TOKEN_CHARS[1]} characters expected")
         self.limits = Limits()
         self.welcome: dict | None = None
         self.last_heard = 0.0                 # monotonic time of the last message from the engine
@@ -147,7 +159,7 @@ class EngineClient:
 
     def _send(self, header: dict, blobs: Sequence = (), block: bool = True) -> bool:
         """Send one message; False if the socket is full and ``block`` is off; EngineUnavailable after timeout."""
-        frames = pack(header, blobs)
+        frames = pack({"token": self.token, **header}, blobs)  # a session's or upload's own token wins
         deadline = time.monotonic() + self.timeout
         while True:
             try:
@@ -169,8 +181,16 @@ class EngineClient:
         try:
             message = unpack(frames, self.limits, "reply")
         except ProtocolError as exc:
-            log.warning("ignoring an invalid message from the engine: %s", exc)
-            return True
+            handler = self._handlers.get(exc.id) if exc.code == "version_mismatch" else None
+            if handler is None:
+                log.warning("ignoring an invalid message from the engine: %s", exc)
+                return True
+            # an engine of another protocol version answered a request: say so rather than time out
+            theirs = re.match(r"protocol version (\S+) ", exc.message)
+            message = Message({"v": PROTOCOL_VERSION, "type": "error", "id": exc.id, "code": "version_mismatch",
+                               "field": "protocol", "message": f"the engine speaks protocol "
+                                                               f"{theirs.group(1) if theirs else '?'}, this client "
+                                                               f"{PROTOCOL_VERSION}"})
         handler = self._handlers.get(message.id) if message.id is not None else None
         if handler is not None:
             handler(message)
@@ -220,29 +240,43 @@ class EngineClient:
     def ping(self) -> dict:
         return _fields(self._request({"type": "ping"}))
 
-    def status(self, job_id: str) -> dict:
-        return _fields(self._request({"type": "status", "job": job_id}))
+    def status(self, job_id: str, token: str | None = None) -> dict:
+        return _fields(self._request(_owned({"type": "status", "job": job_id}, token)))
 
     def list_jobs(self) -> list[dict]:
-        return self._request({"type": "list_jobs"}).header["jobs"]
+        """This client's jobs (its token's or its key's) in id order, which is creation order to the
+        second, gathered page by page."""
+        jobs, after = [], None
+        while True:
+            request = {"type": "list_jobs"} if after is None else {"type": "list_jobs", "after": after}
+            reply = self._request(request).header
+            jobs.extend(reply["jobs"])
+            after = reply.get("next")
+            if after is None:
+                return jobs
 
-    def cancel(self, job_id: str) -> dict:
+    def delete_job(self, job_id: str, token: str | None = None) -> None:
+        """Remove a job and its files from the engine (a running job is cancelled first)."""
+        self._request(_owned({"type": "delete_job", "job": job_id}, token))
+
+    def cancel(self, job_id: str, token: str | None = None) -> dict:
         """Ask the engine to stop the job; finished frames are kept. Returns its status right away
         (state ``running`` with ``cancelling`` until the engine has stopped, within one iteration)."""
-        return _fields(self._request({"type": "cancel", "job": job_id}))
+        return _fields(self._request(_owned({"type": "cancel", "job": job_id}, token)))
 
     def detach(self, job_id: str) -> None:
         self._request({"type": "detach", "job": job_id})
 
-    def fetch(self, job_id: str, start: int, end: int, encoding: str = "png") -> dict[int, Frame]:
+    def fetch(self, job_id: str, start: int, end: int, encoding: str = "png", token: str | None = None
+              ) -> dict[int, Frame]:
         """Finished frames of ``start..end`` (1-based, inclusive) as {index: Frame}."""
-        _, frames = self._request({"type": "fetch", "job": job_id, "start": start, "end": end,
-                                   "encoding": encoding}, items="frame")
+        _, frames = self._request(_owned({"type": "fetch", "job": job_id, "start": start, "end": end,
+                                          "encoding": encoding}, token), items="frame")
         return {m.header["index"]: Frame.from_message(m) for m in frames}
 
-    def attach(self, job_id: str, since: int = 0) -> "JobSession":
+    def attach(self, job_id: str, since: int = 0, token: str | None = None) -> "JobSession":
         """A session already attached (blocks until the engine answered; EngineError if the job is unknown)."""
-        session = self.open_session(job_id, since)
+        session = self.open_session(job_id, since, token)
         deadline = time.monotonic() + self.timeout
         while session.status is None and session.error is None:
             if time.monotonic() > deadline:
@@ -257,21 +291,23 @@ class EngineClient:
         return session
 
     def submit(self, frames: Sequence, styles: Sequence, weights=None, options: dict | None = None,
-               width: int = 0, height: int = 0, name: str | None = None, encoding: str = "png") -> str:
+               width: int = 0, height: int = 0, name: str | None = None, encoding: str = "png",
+               token: str | None = None) -> str:
         """Submit a job and upload its frames; returns the job id. See :meth:`start_submit`."""
-        upload = self.start_submit(frames, styles, weights, options, width, height, name, encoding)
+        upload = self.start_submit(frames, styles, weights, options, width, height, name, encoding, token=token)
         return upload.wait()
 
     # -- non-blocking ------------------------------------------------------------------------------
     def start_submit(self, frames: Sequence, styles: Sequence, weights=None, options: dict | None = None,
                      width: int = 0, height: int = 0, name: str | None = None, encoding: str = "png",
-                     window: int = 4) -> "Upload":
+                     window: int = 4, token: str | None = None) -> "Upload":
         """An :class:`Upload` whose ``tick()`` sends the job, then a few frames per call.
 
         frames: PNG file paths, bytes (PNG, or raw RGB with encoding="raw") or callables returning bytes.
         styles: (name, image file bytes) pairs or image file paths. weights: per frame, one weight per
         style (None: all 1). options: engine options (PROTOCOL.md), e.g. {"iterations": 200}.
-        window: frames sent ahead of the engine's acknowledgements (bounds memory and socket queues)."""
+        window: frames sent ahead of the engine's acknowledgements (bounds memory and socket queues).
+        token: whose job it is (default: this client's token)."""
         style_pairs = [(os.path.basename(os.fspath(s)), _read(s)) if not isinstance(s, tuple) else s
                        for s in styles]
         if weights is None:
@@ -282,7 +318,7 @@ class EngineClient:
         if name:
             job["name"] = name
         return Upload(self, list(frames), encoding, width, height, job=job, style_blobs=[b for _, b in style_pairs],
-                      window=window)
+                      window=window, token=token)
 
     def preview(self, frame, styles: Sequence, weights=None, options: dict | None = None,
                 width: int = 0, height: int = 0, encoding: str = "png") -> "Frame":
@@ -313,17 +349,18 @@ class EngineClient:
                   "styles": [n for n, _ in style_pairs], "weights": weights, "options": dict(options or {})}
         return Preview(self, header, [data, *(b for _, b in style_pairs)])
 
-    def resume_upload(self, job_id: str, frames: Sequence, encoding: str = "png", window: int = 4) -> "Upload":
+    def resume_upload(self, job_id: str, frames: Sequence, encoding: str = "png", window: int = 4,
+                      token: str | None = None) -> "Upload":
         """An :class:`Upload` of the frames a job in state ``uploading`` still lacks (after the
         uploader vanished): ``frames`` is the whole list, only the missing indices are sent."""
-        return Upload(self, list(frames), encoding, 0, 0, job_id=job_id, window=window)
+        return Upload(self, list(frames), encoding, 0, 0, job_id=job_id, window=window, token=token)
 
-    def open_session(self, job_id: str, since: int = 0) -> "JobSession":
+    def open_session(self, job_id: str, since: int = 0, token: str | None = None) -> "JobSession":
         """Follow a job: frames with index > ``since`` that are finished, then all that follows."""
         old = self._sessions.get(job_id)
         if old is not None:
             old.close()
-        return JobSession(self, job_id, since)
+        return JobSession(self, job_id, since, token=token)
 
     def close(self) -> None:
         for session in list(self._sessions.values()):
@@ -335,6 +372,11 @@ class EngineClient:
 
     def __exit__(self, *exc):
         self.close()
+
+
+def _owned(header: dict, token: str | None) -> dict:
+    """A request on behalf of ``token``'s owner (None: the client's own token)."""
+    return header if token is None else {**header, "token": token}
 
 
 def _read(source) -> bytes:
@@ -403,11 +445,12 @@ class Upload:
     done or failed (then ``error`` holds an EngineError or EngineUnavailable)."""
 
     def __init__(self, client: EngineClient, frames: list, encoding: str, width: int, height: int,
-                 job: dict | None = None, style_blobs: Sequence = (), job_id: str | None = None, window: int = 4):
+                 job: dict | None = None, style_blobs: Sequence = (), job_id: str | None = None, window: int = 4,
+                 token: str | None = None):
         if encoding not in ("png", "raw"):
             raise ValueError(f"encoding {encoding!r}: png or raw")
         self.client, self.frames, self.encoding, self.size = client, frames, encoding, (width, height)
-        self.job_id, self.window = job_id, window
+        self.job_id, self.window, self.token = job_id, window, token
         self.state = "resuming" if job_id is not None else "submitting"
         self.error: Exception | None = None
         self.todo: deque[int] = deque()
@@ -462,7 +505,7 @@ class Upload:
                 header, blobs = {"type": "submit", "id": request_id, "job": self._job}, self._style_blobs
             else:
                 header, blobs = {"type": "status", "id": request_id, "job": self.job_id}, ()
-            if client._send(header, blobs, block=False):
+            if client._send(_owned(header, self.token), blobs, block=False):
                 self._asked, self._last = request_id, time.monotonic()
             else:
                 client._handlers.pop(request_id, None)
@@ -486,7 +529,7 @@ class Upload:
                 self.todo.popleft()
             index, header, blob = self._pending
             request_id = client._new_id(self._inbox.append)
-            if not client._send({**header, "id": request_id}, [blob], block=False):
+            if not client._send(_owned({**header, "id": request_id}, self.token), [blob], block=False):
                 client._handlers.pop(request_id, None)
                 return  # socket full: next tick
             if not self._in_flight:
@@ -552,8 +595,9 @@ class JobSession:
 
     ``done`` is true once the job has ended and every frame it finished has been delivered."""
 
-    def __init__(self, client: EngineClient, job_id: str, since: int = 0, heartbeat: float | None = None):
-        self.client, self.job, self.since = client, job_id, since
+    def __init__(self, client: EngineClient, job_id: str, since: int = 0, heartbeat: float | None = None,
+                 token: str | None = None):
+        self.client, self.job, self.since, self.token = client, job_id, since, token
         self.heartbeat = heartbeat if heartbeat is not None else max(0.25, min(2.0, client.timeout / 4))
         self.state: str | None = None
         self.status: dict | None = None
@@ -595,7 +639,7 @@ class JobSession:
     # -- requests (never blocking) ------------------------------------------------------------------
     def _ask(self, header: dict) -> int | None:
         request_id = self.client._new_id(self._inbox.append)
-        if self.client._send({**header, "id": request_id}, block=False):
+        if self.client._send(_owned({**header, "id": request_id}, self.token), block=False):
             self._requests.add(request_id)
             return request_id
         self.client._handlers.pop(request_id, None)
@@ -642,7 +686,7 @@ class JobSession:
 
     def close(self, detach: bool = True) -> None:
         if detach:
-            self.client._send({"type": "detach", "job": self.job}, block=False)
+            self.client._send(_owned({"type": "detach", "job": self.job}, self.token), block=False)
         for request_id in self._requests:
             self.client._handlers.pop(request_id, None)
         if self.client._sessions.get(self.job) is self:

@@ -1,4 +1,4 @@
-"""Wire protocol v1: message types, validation and multipart framing (see PROTOCOL.md beside this file).
+"""Wire protocol v2: message types, validation and multipart framing (see PROTOCOL.md beside this file).
 
 Pure Python with msgpack only, so Blender's Python can import it. A message is a list of frames: one
 msgpack header (a map with ``v``, ``type`` and, for requests and replies, ``id``) followed by binary frames.
@@ -16,28 +16,33 @@ from typing import Any, Callable, Sequence
 
 import msgpack
 
-PROTOCOL_VERSION = 1
+PROTOCOL_VERSION = 2  # 2: owners (token / CURVE key), delete_job, paginated list_jobs, job-size limits
 ENCODINGS = ("png", "raw")
 JOB_STATES = ("uploading", "queued", "running", "done", "failed", "cancelled")
 FINAL_STATES = ("done", "failed", "cancelled")
 ERROR_CODES = ("bad_message", "bad_field", "unknown_type", "version_mismatch", "too_large", "unknown_job",
-               "bad_state", "busy", "internal")
+               "bad_state", "busy", "quota", "internal")
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 PNG_END = b"IEND\xaeB`\x82"  # the last chunk of every PNG file: a cheap check for truncated uploads
 MIN_SIDE = 16
+TOKEN_CHARS = (16, 256)  # a client's secret: long enough not to be guessed, short enough to carry on every request
 
 
 @dataclass(frozen=True)
 class Limits:
     """Bounds every engine enforces (and reports in ``welcome.limits``)."""
 
-    max_message_bytes: int = 256 * 2**20
+    max_message_bytes: int = 64 * 2**20   # one frame of a message (a raw 4096x2160 frame is 26.5 MB)
     max_header_bytes: int = 8 * 2**20
     max_frames: int = 100_000
     max_side: int = 8192
+    max_frame_pixels: int = 4096 * 2160   # width x height of a job's frames (DCI 4K)
     max_styles: int = 16
     max_name_chars: int = 256
     max_style_pixels: int = 40_000_000  # width x height a style image may declare (an 8000x5000 scan)
+    max_iterations: int = 10_000        # per frame; the reference's longest schedule is 2000
+    max_passes: int = 100
+    max_weights: int = 400_000          # frame_count x styles numbers in a job's weights (job.json stays small)
 
     def as_dict(self) -> dict:
         return asdict(self)
@@ -125,6 +130,20 @@ def unpack(frames: Sequence, limits: Limits = Limits(), direction: str = "reques
         raise ProtocolError("bad_message", f"malformed message ({type(exc).__name__})", id=request_id) from None
 
 
+def request_id(head, limits: Limits = Limits()):
+    """The ``id`` of a request whose header frame is ``head``, if it can be read (for the error that
+    refuses a message without decoding the rest of it); None otherwise."""
+    try:
+        view = _buffer(head)
+        if view.nbytes > limits.max_header_bytes:
+            return None
+        header = msgpack.unpackb(view, raw=False, strict_map_key=False)
+    except Exception:
+        return None
+    found = header.get("id") if isinstance(header, dict) else None
+    return found if _valid_id(found) else None
+
+
 def _validate(header: dict, blobs: list, limits: Limits, direction: str, request_id) -> Message:
     version = header.get("v")
     if not _is_int(version):
@@ -137,15 +156,24 @@ def _validate(header: dict, blobs: list, limits: Limits, direction: str, request
     tables = {"request": [REQUESTS], "reply": [REPLIES], "any": [REQUESTS, REPLIES]}[direction]
     schema = next((t[kind] for t in tables if kind in t), None)
     if schema is None:
-        raise ProtocolError("unknown_type", f"unknown message type {kind!r}", "type")
+        raise ProtocolError("unknown_type", f"unknown message type {clip(kind)}", "type")
     if kind in REQUESTS and direction != "reply" and "id" in header and request_id is None:
         raise ProtocolError("bad_field", f"'id' must be an int or a string of at most {MAX_ID_CHARS} characters",
                             "id")
+    if kind in REQUESTS and direction != "reply" and "token" in header:
+        _need(header, "token", lambda v: isinstance(v, str) and TOKEN_CHARS[0] <= len(v) <= TOKEN_CHARS[1],
+              f"a string of {TOKEN_CHARS[0]} to {TOKEN_CHARS[1]} characters")
     schema(header, blobs, limits)
     return Message(header, blobs)
 
 
 # -- field checks ----------------------------------------------------------------------------------
+
+def clip(value, limit: int = 64) -> str:
+    """repr() of a value from a message, shortened: errors never echo attacker-sized input back."""
+    text = repr(value)
+    return text if len(text) <= limit else text[:limit - 3] + "..."
+
 
 def _is_int(value) -> bool:
     return isinstance(value, int) and not isinstance(value, bool)
@@ -249,9 +277,15 @@ def validate_job(job, limits: Limits) -> None:
         raise ProtocolError("bad_field", "field 'job' must be a map", "job")
     count = _need(job, "frame_count", _int_range(1, limits.max_frames),
                   f"an integer from 1 to {limits.max_frames}", prefix="job.")
-    _size_fields(job, limits, prefix="job.")
+    width, height = _size_fields(job, limits, prefix="job.")
+    if width * height > limits.max_frame_pixels:
+        raise ProtocolError("bad_field", f"frames of {width}x{height} are more than the {limits.max_frame_pixels} "
+                                         f"pixels this engine takes", "job.width")
     styles = _need(job, "styles", lambda v: isinstance(v, list) and 0 < len(v) <= limits.max_styles,
                    f"a list of 1 to {limits.max_styles} style names", prefix="job.")
+    if count * len(styles) > limits.max_weights:
+        raise ProtocolError("bad_field", f"{count} frames x {len(styles)} styles is more than the {limits.max_weights}"
+                                         f" weights a job may carry", "job.weights")
     for i, name in enumerate(styles):
         if not _string(limits.max_name_chars)(name):
             raise ProtocolError("bad_field", f"style name {i} must be a non-empty string", f"job.styles[{i}]")
@@ -268,11 +302,30 @@ def validate_job(job, limits: Limits) -> None:
     options = _need(job, "options", lambda v: isinstance(v, dict), "a map", optional=True, prefix="job.") or {}
     for key, value in options.items():
         if key not in OPTION_CHECKS:
-            raise ProtocolError("bad_field", f"unknown option {key!r}", f"job.options.{key}")
+            raise ProtocolError("bad_field", f"unknown option {clip(key)}", f"job.options.{str(key)[:32]}")
         check, what = OPTION_CHECKS[key]
         if not check(value):
             raise ProtocolError("bad_field", f"option '{key}' must be {what}", f"job.options.{key}")
+    _check_job_cost(options, width * height, limits)
     _need(job, "name", _string(limits.max_name_chars), "a non-empty string", optional=True, prefix="job.")
+
+
+def _check_job_cost(options: dict, frame_pixels: int, limits: Limits) -> None:
+    """What a job may ask of the engine beyond the options' own ranges: iterations and passes under
+    the engine's caps, and paintings sized by style_scale no larger than the largest frame it takes."""
+    for key, cap in (("iterations", limits.max_iterations), ("first_iterations", limits.max_iterations),
+                     ("passes", limits.max_passes)):
+        if key in options and options[key] > cap:
+            raise ProtocolError("bad_field", f"option '{key}' is {options[key]}, this engine allows at most {cap}",
+                                f"job.options.{key}")
+    scale = options.get("style_scale", 1.0)
+    if options.get("mode") in ("fast", "fast-per-frame"):
+        return  # the network paints at frame size / style_scale, capped by the engine: no large paintings
+    if frame_pixels * scale ** 2 > limits.max_frame_pixels:
+        largest = math.sqrt(limits.max_frame_pixels / frame_pixels)
+        raise ProtocolError("bad_field", f"option 'style_scale' {scale:g} would size the paintings at "
+                                         f"{frame_pixels * scale ** 2 / 1e6:.1f} MP; at this frame size it may be at "
+                                         f"most {largest:.2f}", "job.options.style_scale")
 
 
 # -- requests (client -> engine) -------------------------------------------------------------------
@@ -317,6 +370,9 @@ def _preview(h, blobs, limits):
     """One frame painted by the feed-forward network, answered at once; nothing is kept on the engine."""
     encoding = _need(h, "encoding", lambda v: v in ENCODINGS, "png or raw")
     width, height = _size_fields(h, limits)
+    if width * height > limits.max_frame_pixels:
+        raise ProtocolError("bad_field", f"a frame of {width}x{height} is more than the {limits.max_frame_pixels} "
+                                         f"pixels this engine takes", "width")
     styles = _need(h, "styles", lambda v: isinstance(v, list) and 0 < len(v) <= limits.max_styles,
                    f"a list of 1 to {limits.max_styles} style names")
     for i, name in enumerate(styles):
@@ -327,8 +383,8 @@ def _preview(h, blobs, limits):
     options = _need(h, "options", lambda v: isinstance(v, dict), "a map", optional=True) or {}
     for key, value in options.items():
         if key not in PREVIEW_OPTIONS:
-            raise ProtocolError("bad_field", f"option {key!r} does not apply to a preview (only "
-                                             f"{', '.join(PREVIEW_OPTIONS)})", f"options.{key}")
+            raise ProtocolError("bad_field", f"option {clip(key)} does not apply to a preview (only "
+                                             f"{', '.join(PREVIEW_OPTIONS)})", f"options.{str(key)[:32]}")
         check, what = OPTION_CHECKS[key]
         if not check(value):
             raise ProtocolError("bad_field", f"option '{key}' must be {what}", f"options.{key}")
@@ -345,6 +401,15 @@ def _attach(h, blobs, limits):
     _blobs(blobs, 0, "none")
 
 
+LIST_PAGE = 100  # jobs per list_jobs reply unless the client asks for fewer
+
+
+def _list_jobs(h, blobs, limits):
+    _need(h, "after", JOB_ID, "a job id", optional=True)
+    _need(h, "limit", _int_range(1, LIST_PAGE), f"an integer from 1 to {LIST_PAGE}", optional=True)
+    _blobs(blobs, 0, "none")
+
+
 def _fetch(h, blobs, limits):
     _need(h, "job", JOB_ID, "a job id")
     start = _need(h, "start", _int_range(1, limits.max_frames), "an integer >= 1")
@@ -355,8 +420,8 @@ def _fetch(h, blobs, limits):
 
 REQUESTS: dict[str, Callable] = {
     "hello": _hello, "ping": _no_fields, "submit": _submit, "upload": _frame_message, "attach": _attach,
-    "detach": _job_only, "status": _job_only, "list_jobs": _no_fields, "fetch": _fetch, "cancel": _job_only,
-    "preview": _preview,
+    "detach": _job_only, "status": _job_only, "list_jobs": _list_jobs, "fetch": _fetch, "cancel": _job_only,
+    "delete_job": _job_only, "preview": _preview,
 }
 
 
@@ -386,6 +451,7 @@ def _job_status(h, blobs, limits):
 
 
 def _jobs(h, blobs, limits):
+    _need(h, "next", JOB_ID, "a job id", optional=True)
     jobs = _need(h, "jobs", lambda v: isinstance(v, list), "a list")
     for i, job in enumerate(jobs):
         if not isinstance(job, dict):
@@ -413,7 +479,7 @@ def _error(h, blobs, limits):
 
 
 REPLIES: dict[str, Callable] = {
-    "welcome": _welcome, "pong": _pong, "accepted": _job_only, "detached": _job_only,
+    "welcome": _welcome, "pong": _pong, "accepted": _job_only, "detached": _job_only, "deleted": _job_only,
     "uploaded": lambda h, b, l: (_need(h, "job", JOB_ID, "a job id"), _need(h, "index", _int_range(1), "an index")),
     "job_status": _job_status, "jobs": _jobs, "frame": _frame_message, "progress": _progress,
     "fetched": lambda h, b, l: (_need(h, "job", JOB_ID, "a job id"),

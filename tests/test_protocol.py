@@ -26,6 +26,8 @@ VALID_REQUESTS = [
     ({"type": "detach", "job": "j1"}, []),
     ({"type": "status", "job": "j1"}, []),
     ({"type": "list_jobs"}, []),
+    ({"type": "list_jobs", "after": "j1", "limit": 10, "token": "a-client-secret-token"}, []),
+    ({"type": "delete_job", "job": "j1"}, []),
     ({"type": "fetch", "job": "j1", "start": 1, "end": 4, "encoding": "raw"}, []),
     ({"type": "cancel", "job": "j1"}, []),
     ({"type": "preview", "encoding": "png", "width": 36, "height": 24, "styles": ["a.png", "b.jpg"],
@@ -76,7 +78,7 @@ def test_each_kind_of_fault_is_named():
     expect([msgpack.packb([1, 2])], "bad_message")
     expect([], "bad_message")
     expect([msgpack.packb({"type": "ping"})], "bad_field", "v")
-    expect(pack({"v": 2, "type": "ping"}), "version_mismatch", "v")
+    expect(pack({"v": PROTOCOL_VERSION + 1, "type": "ping"}), "version_mismatch", "v")
     expect(pack({"type": "teleport", "id": 1}), "unknown_type", "type")
     expect(pack({"type": "ping", "id": [1]}), "bad_field", "id")
     expect(pack({"type": "ping", "id": "x" * 300}), "bad_field", "id")
@@ -115,14 +117,52 @@ def test_size_limits():
     upload = {"type": "upload", "job": "j", "index": 1, "encoding": "raw", "width": 20, "height": 20}
     expect(pack(upload, [bytes(20 * 20 * 3)]), "too_large", limits=small)
     expect(pack({**upload, "width": 9000}, [b""]), "bad_field", "width")
-    assert Limits().as_dict()["max_message_bytes"] == 256 * 2**20
+    assert Limits().as_dict()["max_message_bytes"] >= 4096 * 2160 * 3  # a raw DCI 4K frame fits in one
+
+
+def test_what_a_job_may_ask_of_the_engine_is_capped():
+    """Issue 10.3: 8192x8192 frames, 100000 iterations and style_scale 16 were accepted."""
+    def submit(**changes):
+        options = changes.pop("options", {})
+        return pack({"type": "submit", "job": {**JOB, **changes, "options": options}}, [b"s"])
+
+    limits = Limits()
+    expect(submit(width=8192, height=8192), "bad_field", "job.width")
+    expect(submit(options={"iterations": limits.max_iterations + 1}), "bad_field", "job.options.iterations")
+    expect(submit(options={"first_iterations": 100_000}), "bad_field", "job.options.first_iterations")
+    expect(submit(options={"passes": limits.max_passes + 1}), "bad_field", "job.options.passes")
+    big = {"width": 1920, "height": 1080}
+    error = expect(submit(**big, options={"style_scale": 16}), "bad_field", "job.options.style_scale")
+    assert "at most 2.0" in error.message  # says what would be accepted at this size
+    unpack(submit(**big, options={"style_scale": 2.0}), limits)
+    unpack(submit(**big, options={"style_scale": 16, "mode": "fast"}), limits)  # the network caps its own size
+    styles = [f"s{i}" for i in range(limits.max_styles)]
+    frames = limits.max_weights // len(styles) + 1
+    expect(submit(frame_count=frames, styles=styles, weights=[[1.0] * len(styles)] * frames), "bad_field",
+           "job.weights")
+    preview = {"type": "preview", "encoding": "raw", "width": 8192, "height": 8192, "styles": ["a"], "weights": [1.0]}
+    expect(pack(preview, [b"", b"s"]), "bad_field", "width")
+
+
+def test_a_token_is_a_string_of_bounded_length():
+    unpack(pack({"type": "ping", "token": "t" * 16}))
+    expect(pack({"type": "ping", "token": "short"}), "bad_field", "token")
+    expect(pack({"type": "ping", "token": 12345678901234567890}), "bad_field", "token")
+    expect(pack({"type": "ping", "token": "t" * 257}), "bad_field", "token")
+
+
+def test_errors_never_echo_long_input():
+    error = expect(pack({"type": "x" * 100_000}), "unknown_type", "type")
+    assert len(error.message) < 200
+    error = expect(pack({"type": "submit", "job": {**JOB, "options": {"k" * 100_000: 1}}}, [b"s"]), "bad_field")
+    assert len(error.message) < 200 and len(error.field) < 100
 
 
 def test_helpers():
     assert png_size(FRAME_PNG) == (36, 24) and png_size(b"\x89PNG") is None
     assert to_ranges({1, 2, 3, 7, 9, 10}) == [[1, 3], [7, 7], [9, 10]]
     assert from_ranges([[1, 3], [7, 7], "junk", [5, 4]]) == {1, 2, 3, 7}
-    assert error_header("bad_field", "m", "f", 3) == {"v": 1, "type": "error", "code": "bad_field", "message": "m",
+    assert error_header("bad_field", "m", "f", 3) == {"v": PROTOCOL_VERSION, "type": "error", "code": "bad_field", "message": "m",
                                                        "field": "f", "id": 3}
     assert set(ERROR_CODES) >= {"bad_message", "bad_field", "too_large", "unknown_job"}
 
@@ -156,7 +196,7 @@ def broken_field(draw):
     header, blobs = draw(valid_messages)
     header = with_id(header)
     name = draw(st.sampled_from(sorted(k for k in header if k != "id")))
-    optional = name == "since" or (name == "encoding" and header["type"] == "fetch") \
+    optional = name in ("since", "after", "limit", "token") or (name == "encoding" and header["type"] == "fetch") \
         or (name == "options" and header["type"] == "preview")
     if draw(st.booleans()) and not optional:
         del header[name]

@@ -9,6 +9,7 @@ import sys
 import time
 
 import cv2
+import msgpack
 import numpy as np
 import pytest
 import zmq
@@ -16,7 +17,7 @@ from hypothesis import HealthCheck, given, settings
 
 from engine_process import PROJECT_ROOT, TINY, clip, decode, free_port, png, style_image, tree_snapshot
 from engine_server.io.frames import write_atomic
-from engine_server.serve.jobs import JobStore
+from engine_server.serve.jobs import JobStore, store_input
 from test_protocol import malformed_messages
 from vse_style_shared.client import EngineUnavailable
 from vse_style_shared.protocol import PROTOCOL_VERSION, ProtocolError, pack, unpack
@@ -54,8 +55,22 @@ def collect(session, timeout=120, stop=None, events=None):
     return frames
 
 
+TOKEN = "raw-socket-test-token"  # the owner the hand-made requests below present
+
+
+def with_token(frames, token=TOKEN):
+    """The frames with a token in the header, when the header is a msgpack map (junk is sent as it is)."""
+    try:
+        header = msgpack.unpackb(frames[0], raw=False)
+    except Exception:
+        return frames
+    if not isinstance(header, dict):
+        return frames
+    return [msgpack.packb({"token": token, **header}, use_bin_type=True), *frames[1:]]
+
+
 def exchange(sock, frames, timeout=5.0):
-    sock.send_multipart(frames)
+    sock.send_multipart(with_token(frames))
     assert sock.poll(int(timeout * 1000)), "no reply"
     return unpack(sock.recv_multipart(), direction="reply")
 
@@ -102,8 +117,8 @@ def test_two_clients_at_once_and_ping_while_running(engine):
         round_trips.sort()  # pings never wait for the engine core, which spends a second or more per frame here
         assert round_trips[len(round_trips) // 2] < 0.1 and round_trips[-1] < 2.0, round_trips
         assert session_a.finished == {1, 2, 3} and session_b.finished == {1, 2}
-        states = {j["job"]: j["state"] for j in a.list_jobs()}
-        assert states[job_a] == states[job_b] == "done"
+        assert [(j["job"], j["state"]) for j in a.list_jobs()] == [(job_a, "done")]  # each sees its own
+        assert [(j["job"], j["state"]) for j in b.list_jobs()] == [(job_b, "done")]
 
 
 def test_cancel_stops_within_an_iteration_and_keeps_finished_frames(engine):
@@ -269,7 +284,8 @@ def test_kill_9_mid_job_then_restart_resumes_and_keeps_frames(engines):
         first.kill()
         assert not session.done and before, "the engine was killed mid-job"
         output = first.jobs_dir / job / "output"
-        assert json.loads((output.parent / "job.json").read_text())["state"] == "running"
+        record = json.loads((output.parent / "job.json").read_text())
+        assert (record["state"], record["unfinished_runs"]) == ("running", 1), "a run the engine died in counts"
         on_disk = {int(p.stem[6:]): p for p in output.glob("frame_*.png")}
         assert set(before) <= set(on_disk) and len(on_disk) < 4
         kept = {i: (p.read_bytes(), p.stat().st_mtime_ns) for i, p in on_disk.items()}
@@ -287,8 +303,10 @@ def test_kill_9_mid_job_then_restart_resumes_and_keeps_frames(engines):
         fetched = client.fetch(job, 1, 4)
         assert sorted(fetched) == [1, 2, 3, 4]
         assert all(bytes(fetched[i].data) == data for i, (data, _) in kept.items())
-    # a fresh client reattaches by id after the restart and gets every frame
-    with second.client() as late:
+        token = client.token
+    assert json.loads((first.jobs_dir / job / "job.json").read_text())["unfinished_runs"] == 0
+    # a fresh client with the job's token reattaches by id after the restart and gets every frame
+    with second.client(token=token) as late:
         reattached = collect(late.attach(job, since=0))
         assert sorted(reattached) == [1, 2, 3, 4]
         assert all(reattached[i] == data for i, (data, _) in kept.items())
@@ -304,11 +322,11 @@ def test_client_vanishing_mid_upload(engine):
     job_id = exchange(vanishing, pack({"type": "submit", "id": 1, "job": job}, [styles()[0][1]])).header["job"]
     upload = {"type": "upload", "job": job_id, "encoding": "png", "width": 36, "height": 24}
     assert exchange(vanishing, pack({**upload, "id": 2, "index": 1}, [frames[0]])).type == "uploaded"
-    header = pack({**upload, "id": 3, "index": 2}, [frames[1]])[0]
+    header = with_token(pack({**upload, "id": 3, "index": 2}, [frames[1]]))[0]
     vanishing.send(header, zmq.SNDMORE)  # half a message, then gone without a word
     vanishing.close()
 
-    with engine.client() as other:
+    with engine.client(token=TOKEN) as other:  # the same owner, from another connection
         assert other.ping()["type"] == "pong"
         status = other.status(job_id)
         assert (status["state"], status["received"], status["received_ranges"]) == ("uploading", 1, [[1, 1]])
@@ -432,12 +450,14 @@ def test_sigterm_shuts_down_cleanly_and_a_running_job_resumes(engines):
         job = submit_clip(client, clip(3, seed=6), options={"first_iterations": 2, "iterations": 2000})
         session = client.open_session(job)
         collect(session, stop=lambda got: (session.progress or {}).get("frame") == 2)
+        token = client.token
     assert engine.terminate(timeout=30) == 0
     assert "shutting down" in engine.log
-    assert json.loads((engine.jobs_dir / job / "job.json").read_text())["state"] == "running"
+    record = json.loads((engine.jobs_dir / job / "job.json").read_text())
+    assert (record["state"], record["unfinished_runs"]) == ("running", 0), "a clean stop is not a crash"
     # started again, the job is queued again (and would resume after frame 1)
     again = engines.start("term", jobs_dir=engine.jobs_dir, port=engine.port)
-    with again.client() as client:
+    with again.client(token=token) as client:
         status = client.status(job)
         assert status["state"] in ("queued", "running") and status["finished"] >= 1
         client.cancel(job)
@@ -459,33 +479,53 @@ SPEC = {"frame_count": 2, "width": 36, "height": 24, "styles": ["s.png"], "weigh
 
 def test_job_store_writes_state_atomically_and_scans_back(tmp_path):
     store = JobStore(tmp_path)
-    job = store.create(SPEC, [png(style_image())])
-    store.write_input(job, 1, png(clip(1)[0]), "png")
-    store.write_input(job, 2, clip(1)[0].tobytes(), "raw")  # raw uploads are stored as PNG
-    job.state = "running"
+    job = store.create(SPEC, [png(style_image())], "token:owner")
+    store_input(job.input_path(1), png(clip(1)[0]), "png", job.size)
+    store_input(job.input_path(2), clip(1)[0].tobytes(), "raw", job.size)  # raw uploads are stored as PNG
+    job.state, job.unfinished_runs = "running", 1
     store.save(job)
     write_atomic(job.output_path(1), png(clip(1)[0]))
     assert not list(tmp_path.rglob("*.tmp"))
     [loaded] = JobStore(tmp_path).scan()
     assert (loaded.id, loaded.state, loaded.received, loaded.finished) == (job.id, "running", {1, 2}, {1})
+    assert (loaded.owner, loaded.unfinished_runs) == ("token:owner", 1)
+    assert loaded.bytes == sum(p.stat().st_size for p in job.dir.rglob("*") if p.is_file())
     assert np.array_equal(decode(job.input_path(2).read_bytes()), clip(1)[0])
 
 
 def test_job_store_never_trusts_corrupt_or_partial_files(tmp_path):
     store = JobStore(tmp_path)
-    good, bad = store.create(SPEC, [b"style"]), store.create(SPEC, [b"style"])
+    good, bad, deep = (store.create(SPEC, [b"style"], "token:t") for _ in range(3))
     (bad.dir / "job.json").write_text('{"id": "truncated')
+    (deep.dir / "job.json").write_text("[" * 100_000 + "]" * 100_000)  # RecursionError in json (issue 10.7)
     write_atomic(good.output_path(1), png(clip(1)[0]))
     good.output_path(2).write_bytes(b"garbage, not a png")
     (good.dir / "output" / ".frame_000002.png.123.tmp").write_bytes(b"half a frame")
     write_atomic(good.input_path(1), png(clip(1, 48, 32)[0]))  # wrong size: not this job's frame
     (tmp_path / ".new-abandoned" / "styles").mkdir(parents=True)
+    (tmp_path / ".deleted-half-removed" / "input").mkdir(parents=True)
     jobs = JobStore(tmp_path).scan()
     assert [j.id for j in jobs] == [good.id]
     assert jobs[0].finished == {1} and jobs[0].received == set()
     assert not (good.dir / "output" / ".frame_000002.png.123.tmp").exists()
-    assert not (tmp_path / ".new-abandoned").exists()
+    assert not (tmp_path / ".new-abandoned").exists() and not (tmp_path / ".deleted-half-removed").exists()
     assert (bad.dir / "job.json").exists()  # left alone for a person to look at
+
+
+def test_a_submit_that_fails_half_way_leaves_nothing_behind(tmp_path, monkeypatch):
+    """Issue 10.7: out of file descriptors in the middle of a submit left a .new-* folder."""
+    store = JobStore(tmp_path)
+    real_write = write_atomic
+
+    def no_descriptors(path, data):
+        raise OSError(24, "Too many open files")
+
+    monkeypatch.setattr("engine_server.serve.jobs.write_atomic", no_descriptors)
+    with pytest.raises(OSError):
+        store.create(SPEC, [b"style"], "token:t")
+    assert list(tmp_path.iterdir()) == []
+    monkeypatch.setattr("engine_server.serve.jobs.write_atomic", real_write)
+    assert store.create(SPEC, [b"style"], "token:t").dir.is_dir()
 
 
 def test_jobs_dir_is_held_by_one_engine(engines):

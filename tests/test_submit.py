@@ -141,11 +141,17 @@ def test_resume_finishes_an_interrupted_upload(engine, material, tmp_path):
         while not upload.tick(0.1, block=True):
             pass
         assert client.status(upload.job_id)["state"] == "uploading"
+        token = client.token
     out = tmp_path / "out"
     out.mkdir()
     (out / "report.json").write_text(json.dumps({"job": upload.job_id}))
+    (out / ".engine-token").write_text("another-clients-token")
+    result = run_cli("submit", folder / "clip", *options, "--out", out, "--server", engine.address, "--resume")
+    assert result.returncode == 2 and "not known to the engine" in result.stderr, "only its owner reaches a job"
+    (out / ".engine-token").write_text(token)
     result = run_cli("submit", folder / "clip", *options, "--out", out, "--server", engine.address, "--resume")
     assert result.returncode == 0, result.stderr
+    assert (out / ".engine-token").read_text() == token and (out / ".engine-token").stat().st_mode & 0o077 == 0
     assert sorted(p.name for p in out.glob("frame_*.png")) == [f"frame_00000{i}.png" for i in (1, 2, 3)]
     report = json.loads((out / "report.json").read_text())
     assert report["job"] == upload.job_id and report["status"] == "done"

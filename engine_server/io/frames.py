@@ -9,6 +9,7 @@ import glob
 import itertools
 import os
 import re
+import threading
 from pathlib import Path
 from typing import Iterable, Sequence, Union
 
@@ -154,10 +155,14 @@ def frame_filename(index: int) -> str:
 def write_atomic(path: str | os.PathLike, data) -> None:
     """Write bytes (or any buffer) to ``path`` via a hidden temporary name and a rename."""
     path = Path(path)
-    temp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    with open(temp, "wb") as handle:
-        handle.write(data)
-    os.replace(temp, path)
+    temp = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}.tmp")
+    try:
+        with open(temp, "wb") as handle:
+            handle.write(data)
+        os.replace(temp, path)
+    except BaseException:
+        temp.unlink(missing_ok=True)  # a full disk leaves no half-written hidden file behind
+        raise
 
 
 def encode_png(rgb: np.ndarray, level: int | None = None) -> bytes:

@@ -1,6 +1,6 @@
 """Jobs on disk, so that they survive the engine: one folder per job in the jobs directory.
 
-    JOBS/<id>/job.json                 spec, state, error, timestamps, report (written atomically)
+    JOBS/<id>/job.json                 spec, owner, state, error, timestamps, report (written atomically)
     JOBS/<id>/styles/01.png ...        the style images as the client sent them
     JOBS/<id>/input/frame_000001.png   uploaded frames (raw uploads are stored as PNG)
     JOBS/<id>/output/frame_000001.png  finished frames, each written atomically as soon as it is done
@@ -9,8 +9,9 @@
 Every file is written under a temporary name and renamed, so a killed engine leaves either the old
 file or the new one, never half of one. On start, :meth:`JobStore.scan` trusts nothing: a job.json
 that does not parse or validate is skipped (and logged), a frame whose PNG header does not match the
-job's size is not counted, temporary files are removed. The main thread owns job state; the worker
-only writes output frames.
+job's size is not counted, temporary files and the folders of interrupted submits and deletes
+(``.new-*``, ``.deleted-*``) are removed. The main thread owns job state; the worker only writes
+output frames, the engine's I/O thread only input frames and deletions.
 """
 from __future__ import annotations
 
@@ -28,7 +29,7 @@ import numpy as np
 
 from vse_style_shared.protocol import JOB_STATES, Limits, ProtocolError, png_size, to_ranges, validate_job
 
-from ..io.frames import decode_image, encode_png, frame_filename, write_atomic
+from ..io.frames import encode_png, frame_filename, write_atomic
 
 log = logging.getLogger(__name__)
 
@@ -66,9 +67,12 @@ class Job:
     created: float = field(default_factory=time.time)
     updated: float = field(default_factory=time.time)
     report: dict | None = None      # the engine's Stylizer.describe() once the job has started
+    owner: str | None = None        # "token:<sha256>" or "key:<CURVE public key>"; None: a protocol 1 job
+    unfinished_runs: int = 0        # runs the engine died in (not a clean shutdown): 2 and it fails
     received: set = field(default_factory=set)  # uploaded frame indices
     finished: set = field(default_factory=set)  # finished frame indices
     cancelling: bool = False        # memory only: cancel asked, the worker has not stopped yet
+    bytes: int = 0                  # memory only: the size of the job's folder, for quotas and clean-up
 
     @property
     def frame_count(self) -> int:
@@ -112,9 +116,9 @@ class Job:
         return status
 
     def to_json(self) -> dict:
-        return {"version": 1, "id": self.id, "spec": self.spec, "style_files": self.style_files,
-                "state": self.state, "error": self.error, "created": self.created, "updated": self.updated,
-                "report": self.report}
+        return {"version": 2, "id": self.id, "spec": self.spec, "style_files": self.style_files,
+                "owner": self.owner, "state": self.state, "error": self.error, "created": self.created,
+                "updated": self.updated, "unfinished_runs": self.unfinished_runs, "report": self.report}
 
 
 class JobStore:
@@ -145,39 +149,39 @@ class JobStore:
         # time first so ids sort by creation; random part so two engines' ids never collide
         return f"{time.strftime('%Y%m%d-%H%M%S')}-{secrets.token_hex(4)}"
 
-    def create(self, spec: dict, style_blobs: list) -> Job:
-        """A new job folder, built under a temporary name and renamed into place in one step."""
+    def create(self, spec: dict, style_blobs: list, owner: str | None) -> Job:
+        """A new job folder, built under a temporary name and renamed into place in one step; nothing is
+        left behind when any step fails (a full disk, no file descriptors)."""
         job_id = self.new_id()
         temp = self.root / f".new-{job_id}"
-        for sub in ("styles", "input", "output"):
-            (temp / sub).mkdir(parents=True)
-        style_files = []
-        for i, (name, blob) in enumerate(zip(spec["styles"], style_blobs)):
-            suffix = Path(name).suffix.lower()
-            filename = f"{i + 1:02d}{suffix if suffix in STYLE_SUFFIXES else '.img'}"
-            (temp / "styles" / filename).write_bytes(blob)
-            style_files.append(filename)
-        job = Job(job_id, self.root / job_id, spec, style_files)
-        write_atomic(temp / "job.json", json.dumps(job.to_json()).encode())
         try:
+            for sub in ("styles", "input", "output"):
+                (temp / sub).mkdir(parents=True)
+            style_files = []
+            for i, (name, blob) in enumerate(zip(spec["styles"], style_blobs)):
+                suffix = Path(name).suffix.lower()
+                filename = f"{i + 1:02d}{suffix if suffix in STYLE_SUFFIXES else '.img'}"
+                (temp / "styles" / filename).write_bytes(blob)
+                style_files.append(filename)
+            job = Job(job_id, self.root / job_id, spec, style_files, owner=owner)
+            write_atomic(temp / "job.json", json.dumps(job.to_json()).encode())
             os.rename(temp, job.dir)
-        except OSError:
+        except BaseException:
             shutil.rmtree(temp, ignore_errors=True)
             raise
+        job.bytes = folder_bytes(job.dir)
         return job
 
     def save(self, job: Job) -> None:
         job.updated = time.time()
         write_atomic(job.dir / "job.json", json.dumps(job.to_json()).encode())
 
-    def write_input(self, job: Job, index: int, blob, encoding: str) -> None:
-        """Store an uploaded frame as PNG (raw RGB is converted; PNG bytes are written as they came)."""
-        if encoding == "raw":
-            width, height = job.size
-            rgb = np.frombuffer(blob, np.uint8).reshape(height, width, 3)
-            blob = encode_png(rgb)
-        write_atomic(job.input_path(index), blob)
-        job.received.add(index)
+    def detach_folder(self, job: Job) -> Path:
+        """Take a deleted job's folder out of the store at once (a rename); its files are removed by
+        :func:`remove_folder`, off the main thread, or by the next :meth:`scan`."""
+        gone = self.root / f".deleted-{job.id}"
+        os.rename(job.dir, gone)
+        return gone
 
     # -- loading -----------------------------------------------------------------------------------
     def scan(self) -> list[Job]:
@@ -187,15 +191,15 @@ class JobStore:
             return jobs
         for entry in sorted(self.root.iterdir()):
             if entry.name.startswith("."):
-                if entry.name.startswith(".new-") and entry.is_dir():  # a submit the engine died in
-                    shutil.rmtree(entry, ignore_errors=True)
+                if entry.name.startswith((".new-", ".deleted-")) and entry.is_dir():  # a submit or delete
+                    shutil.rmtree(entry, ignore_errors=True)                         # the engine died in
                 continue
             if not entry.is_dir():
                 continue
             try:
                 jobs.append(self.load(entry))
-            except (OSError, ValueError, KeyError, TypeError, ProtocolError) as exc:
-                log.warning("ignoring job folder %s: %s", entry, exc)
+            except Exception as exc:  # whatever is in a folder (even JSON nested too deep), never stop here
+                log.warning("ignoring job folder %s: %s", entry, f"{type(exc).__name__}: {exc}"[:200])
         jobs.sort(key=lambda j: j.created)
         return jobs
 
@@ -213,13 +217,17 @@ class JobStore:
                 or not all(isinstance(n, str) and "/" not in n and (folder / "styles" / n).is_file()
                            for n in style_files)):
             raise ValueError("style files missing")
-        error, report = data.get("error"), data.get("report")
+        error, report, owner = data.get("error"), data.get("report"), data.get("owner")
+        runs = data.get("unfinished_runs", 0)
         job = Job(folder.name, folder, spec, style_files, state,
                   error if isinstance(error, dict) else None,
                   float(data["created"]), float(data["updated"]),
-                  report if isinstance(report, dict) else None)
+                  report if isinstance(report, dict) else None,
+                  owner if isinstance(owner, str) else None,
+                  runs if isinstance(runs, int) and not isinstance(runs, bool) else 0)
         job.received = self._valid_frames(folder / "input", job)
         job.finished = self._valid_frames(folder / "output", job)
+        job.bytes = folder_bytes(folder)
         return job
 
     @staticmethod
@@ -245,3 +253,32 @@ class JobStore:
             else:
                 log.warning("ignoring %s: not a %dx%d PNG", entry, *job.size)
         return found
+
+
+# -- file work for the engine's I/O thread (no job state touched) ------------------------------------
+
+def store_input(path: Path, blob, encoding: str, size: tuple[int, int]) -> int:
+    """Write an uploaded frame as PNG (raw RGB is encoded first); returns the bytes now on disk."""
+    if encoding == "raw":
+        width, height = size
+        blob = encode_png(np.frombuffer(blob, np.uint8).reshape(height, width, 3))
+    write_atomic(path, blob)
+    return len(blob) if isinstance(blob, bytes) else memoryview(blob).nbytes
+
+
+def remove_folder(path: Path) -> None:
+    shutil.rmtree(path, ignore_errors=True)
+
+
+def folder_bytes(folder: Path) -> int:
+    """Bytes of the files in a job folder (one level of sub-folders: styles, input, output)."""
+    total = 0
+    for entry in os.scandir(folder):
+        try:
+            if entry.is_dir(follow_symlinks=False):
+                total += sum(e.stat().st_size for e in os.scandir(entry.path) if e.is_file(follow_symlinks=False))
+            elif entry.is_file(follow_symlinks=False):
+                total += entry.stat().st_size
+        except OSError:
+            pass
+    return total

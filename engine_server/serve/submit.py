@@ -5,12 +5,14 @@ lossless PNG at processing size, and the finished frames come back as the PNG fi
 so DIR/frame_000001.png ... are the files a local ``stylize`` writes. DIR/report.json has the same keys
 (settings, weights source and device from the engine) plus ``server`` and ``job``. Ctrl-C leaves the
 job on the engine; ``--resume`` reattaches to the job named in DIR/report.json, finishes its upload if
-it was interrupted, and fetches what is missing from DIR. Without a job in DIR/report.json it submits
+it was interrupted, and fetches what is missing from DIR. The job belongs to the client's token, kept in
+DIR/.engine-token (mode 0600) so that ``--resume`` can reach it again. Without a job in DIR/report.json it submits
 a new job (the engine cannot continue after frames it did not make).
 """
 from __future__ import annotations
 
 import json
+import os
 import sys
 import time
 from pathlib import Path
@@ -91,7 +93,11 @@ def _run(args) -> int:
         read_image(style, "--style")
     styles = [(Path(style).name, Path(style).read_bytes()) for style in args.style]
 
-    client = EngineClient(args.server, args.server_key, args.client_key, args.timeout, name="engine_server submit")
+    out_dir.mkdir(parents=True, exist_ok=True)
+    token = read_token(out_dir) if args.resume else None
+    client = EngineClient(args.server, args.server_key, args.client_key, args.timeout, name="engine_server submit",
+                          token=token)
+    save_token(out_dir, client.token)
     try:
         welcome = client.hello()
         _check_device(args.device, welcome["device"], args.server)
@@ -108,7 +114,6 @@ def _run(args) -> int:
                     raise InputError(f"--resume: job {job_id} from {report_path} is not known to the engine at "
                                      f"{args.server} (run without --resume to start again)") from None
                 done = finished_frames(out_dir, count)
-        out_dir.mkdir(parents=True, exist_ok=True)
         report = {"input": str(args.input), "styles": list(args.style), "frame_count": count,
                   "size": [width, height], "status": "running", "frames": [], "server": args.server, "job": job_id}
         report["frames"] = [f for f in previous.get("frames", []) if f.get("index", 0) <= done]
@@ -128,6 +133,25 @@ def _run(args) -> int:
         return _follow(client, job_id, done, report, out_dir, args, started)
     finally:
         client.close()
+
+
+TOKEN_FILE = ".engine-token"
+
+
+def read_token(out_dir: Path) -> str | None:
+    """The token of the job this folder's last run submitted (None for a folder without one)."""
+    try:
+        return (out_dir / TOKEN_FILE).read_text().strip() or None
+    except OSError:
+        return None
+
+
+def save_token(out_dir: Path, token: str) -> None:
+    """Keep the token beside the frames, readable by this user only (it opens the job on the engine)."""
+    path = out_dir / TOKEN_FILE
+    path.unlink(missing_ok=True)
+    with os.fdopen(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600), "w") as handle:
+        handle.write(token)
 
 
 def _frame_sources(source, encoding: str) -> list:

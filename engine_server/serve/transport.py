@@ -4,14 +4,20 @@ Every outgoing message goes through a per-peer outbox sent with NOBLOCK (ROUTER_
 that cannot take more (EAGAIN) keeps its backlog, capped for droppable events (progress, frames; a
 client gets missed frames with ``fetch``), and a peer that has gone (EHOSTUNREACH) is forgotten. Big
 replies (attach backlogs, fetches) are iterators consumed lazily, one message at a time, so a slow or
-vanished client never blocks the engine or fills its memory. This module knows peers and messages,
-not jobs: which peers watch which job is the only job-related thing it keeps.
+vanished client never blocks the engine or fills its memory. A peer that keeps asking without reading
+(more than MAX_OUTBOX replies waiting) is dropped: its replies are discarded and its requests ignored.
+
+Incoming messages are read part by part: libzmq caps each part (ZMQ_MAXMSGSIZE, which drops the
+connection) but not their number, so a message with more parts than any request has, or more bytes in
+all than ``max_message_bytes``, is discarded as it is read, never gathered. This module knows peers and
+messages, not jobs: which peers watch which job is the only job-related thing it keeps.
 """
 from __future__ import annotations
 
 import ipaddress
 import logging
-from collections import deque
+from collections import OrderedDict, deque
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator
 
@@ -24,9 +30,12 @@ from vse_style_shared.protocol import Limits, Message, pack
 log = logging.getLogger("engine_server.server")
 
 MAX_EVENT_BACKLOG = 64           # droppable events queued per peer before new ones are dropped
+MAX_OUTBOX = 256                 # replies waiting for one peer before it is dropped as not reading
+MAX_DROPPED = 4096               # dropped peers remembered (their connections' routing ids)
 FLUSH_BUDGET = 64 * 2**20        # bytes sent per loop turn, so requests keep being read
 REQUESTS_PER_TURN = 64
-SNDHWM = 100
+SNDHWM = 16                      # messages libzmq queues per peer (each up to a frame): the rest wait in
+RCVHWM = 16                      # the outbox, lazily, or in the peer's TCP window
 
 
 class StartupError(RuntimeError):
@@ -47,6 +56,16 @@ def is_local_address(address: str) -> bool:
         return ipaddress.ip_address(host).is_loopback
     except ValueError:
         return False  # '*', interface names, host names: may be reachable from outside
+
+
+@dataclass
+class Incoming:
+    """One request as read off the socket: its frames, or why it was discarded unread."""
+
+    peer: bytes
+    frames: list
+    user_id: str | None = None   # the CURVE public key (Z85) the ZAP handler vouched for
+    refused: str | None = None   # "too_large" or "bad_message": only the first frame was kept
 
 
 class Outbox:
@@ -89,6 +108,8 @@ class Transport:
         self.outboxes: dict[bytes, Outbox] = {}
         self.watchers: dict[str, set[bytes]] = {}   # job id -> peers attached to it
         self.watching: dict[bytes, set[str]] = {}   # peer -> job ids
+        self.dropped: OrderedDict[bytes, None] = OrderedDict()
+        self.max_parts = limits.max_styles + 2     # the largest request: preview (frame + styles)
 
     # -- life cycle ----------------------------------------------------------------------------
     def open(self, context: zmq.Context) -> None:
@@ -99,6 +120,7 @@ class Transport:
         # connection is refused; a client that reconnects simply attaches again.
         for option, value in ((zmq.LINGER, 0), (zmq.ROUTER_MANDATORY, 1),
                               (zmq.MAXMSGSIZE, self.limits.max_message_bytes), (zmq.SNDHWM, SNDHWM),
+                              (zmq.RCVHWM, RCVHWM),
                               (zmq.HEARTBEAT_IVL, 2000), (zmq.HEARTBEAT_TIMEOUT, 10000)):
             self.socket.setsockopt(option, value)
         if self.curve_dir is not None:
@@ -132,14 +154,34 @@ class Transport:
             self.auth.stop()
 
     # -- receiving -----------------------------------------------------------------------------
-    def receive(self) -> Iterator[tuple[bytes, list]]:
-        """(peer, message frames) of the requests waiting now, at most REQUESTS_PER_TURN of them."""
+    def receive(self) -> Iterator[Incoming]:
+        """The requests waiting now, at most REQUESTS_PER_TURN of them; dropped peers' are skipped."""
         for _ in range(REQUESTS_PER_TURN):
             try:
-                frames = self.socket.recv_multipart(flags=zmq.NOBLOCK, copy=False)
+                routing = self.socket.recv(flags=zmq.NOBLOCK, copy=False)
             except zmq.Again:
                 return
-            yield frames[0].bytes, frames[1:]
+            incoming = self._read_rest(routing)
+            if incoming.peer not in self.dropped:
+                yield incoming
+
+    def _read_rest(self, routing: zmq.Frame) -> Incoming:
+        incoming = Incoming(routing.bytes, [])
+        size, more = 0, routing.more
+        while more:  # libzmq hands over a multipart message only when all of it has arrived
+            frame = self.socket.recv(copy=False)
+            more = frame.more
+            if incoming.refused:
+                continue  # discard the rest unread (about 1.5 us a part)
+            size += len(frame)
+            incoming.frames.append(frame)
+            if len(incoming.frames) > self.max_parts:
+                incoming.refused, incoming.frames = "bad_message", incoming.frames[:1]  # the header: its id
+            elif size > self.limits.max_message_bytes:
+                incoming.refused, incoming.frames = "too_large", incoming.frames[:1]
+        if incoming.frames and self.curve_dir is not None and not incoming.refused:
+            incoming.user_id = incoming.frames[0].get("User-Id") or None
+        return incoming
 
     def poll_timeout(self) -> int:
         """ms: 0 while some reply is only waiting for its turn, 10 while peers are full, else 100."""
@@ -150,11 +192,16 @@ class Transport:
     # -- sending -------------------------------------------------------------------------------
     def send(self, peer: bytes, messages, droppable: bool = False) -> None:
         """Queue one multipart message (a list) or an iterator of them for ``peer`` and try to send."""
+        if peer in self.dropped:
+            return
         box = self.outboxes.get(peer)
         if box is None:
             box = self.outboxes[peer] = Outbox()
         elif droppable and len(box) >= MAX_EVENT_BACKLOG:
             return  # the peer is not reading: it can fetch what it missed
+        elif len(box) >= MAX_OUTBOX:
+            self.drop(peer, f"{MAX_OUTBOX} replies waiting")
+            return
         box.items.append(iter([messages]) if isinstance(messages, list) else messages)
         self._flush(peer, FLUSH_BUDGET)
 
@@ -191,6 +238,14 @@ class Transport:
         budget = FLUSH_BUDGET
         for peer in list(self.outboxes):
             budget -= self._flush(peer, max(budget, 2**20))
+
+    def drop(self, peer: bytes, why: str) -> None:
+        """Stop serving a connection: its replies are discarded and its requests ignored from now on."""
+        log.warning("dropping peer %s: %s", peer.hex(), why)
+        self._forget_peer(peer)
+        self.dropped[peer] = None
+        while len(self.dropped) > MAX_DROPPED:
+            self.dropped.popitem(last=False)
 
     def _forget_peer(self, peer: bytes) -> None:
         log.debug("peer %s is gone", peer.hex())

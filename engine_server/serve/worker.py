@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import queue
 import threading
 import time
@@ -92,8 +93,10 @@ class Worker(threading.Thread):
         try:
             state, error = self._stylize(ticket)
         except Exception as exc:  # the engine failed: the job fails, the engine goes on
-            log.exception("job %s failed", job.id)
-            state, error = "failed", {"code": "internal", "message": f"{type(exc).__name__}: {exc}", "field": None}
+            log.exception("job %s failed", job.id)  # the details stay in the engine's log
+            state, error = "failed", {"code": "internal", "field": None,
+                                      "message": f"the engine failed while running this job ({type(exc).__name__}); "
+                                                 f"its log has the details"}
         if state == "stopped":
             log.info("job %s: interrupted by shutdown; it resumes when the engine starts again", job.id)
             self._send({"event": "stopped", "job": job.id})
@@ -115,7 +118,7 @@ class Worker(threading.Thread):
             return ticket.cancel.is_set() or self.shutdown.is_set()
 
         try:
-            stylizer = Stylizer([str(p) for p in job.style_paths()], options,
+            stylizer = Stylizer(self._paintings(job, options), options,
                                 progress=lambda p: self._on_progress(job.id, p), cancel=stop_requested)
             self._send({"event": "describe", "job": job.id, "report": stylizer.describe()})
             done = {}
@@ -138,8 +141,22 @@ class Worker(threading.Thread):
         except Cancelled:
             return ("cancelled", None) if ticket.cancel.is_set() else ("stopped", None)
         except (InputError, WeightsUnavailable, FlowBackendUnavailable) as exc:
-            return "failed", {"code": "bad_field", "message": str(exc), "field": None}
+            # the engine's paths are its own business: a client sees them relative to the job's folder
+            message = str(exc).replace(str(job.dir) + os.sep, "")
+            return "failed", {"code": "bad_field", "message": message, "field": None}
         return "done", None
+
+    @staticmethod
+    def _paintings(job: Job, options) -> list:
+        """The job's style images, each decoded and brought down to the size the job can use before the
+        next one is read: sixteen 40-megapixel scans never sit in memory side by side."""
+        from ..io.frames import read_image
+        from ..options import FAST_MODES
+        from ..style.targets import fit_style, style_pixels_needed
+
+        needed = style_pixels_needed(job.size, options.style_scale, options.mode not in FAST_MODES,
+                                     options.mode in FAST_MODES or options.init == "fast")
+        return [fit_style(read_image(path, f"style {i + 1}"), needed) for i, path in enumerate(job.style_paths())]
 
     def _on_progress(self, job_id: str, event) -> None:
         self._progress_event(job_id, event.stage, event.frame, event.frame_count, event.iteration,

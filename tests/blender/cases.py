@@ -533,7 +533,7 @@ def cancel(tmp, address):
     seconds = time.monotonic() - started
     client = addon().engine_link.client_module().EngineClient(address, timeout=10)
     try:
-        engine_state = client.status(record().job_id)["state"]
+        engine_state = client.status(record().job_id, token=record().token)["state"]
     finally:
         client.close()
     report = _new_strip_report(bpy.context.scene, record())
@@ -551,7 +551,8 @@ def reattach(tmp, address):
     jobs = addon().jobs
     record = lambda: bpy.context.scene.vse_style_jobs[0]  # noqa: E731
     uploaded = _tick_until(lambda: record().state in ("queued", "running"))
-    uid, job_id = record().uid, record().job_id
+    uid, job_id, token = record().uid, record().job_id, record().token
+    assert len(token) >= 16, "the record keeps the token its job was submitted with"
     bpy.ops.wm.save_mainfile()
     bpy.ops.wm.open_mainfile(filepath=bpy.data.filepath)  # the runs end with the old file
     state_after_reload = jobs.display_state(record())
@@ -559,9 +560,9 @@ def reattach(tmp, address):
     client = addon().engine_link.client_module().EngineClient(address, timeout=10)
     try:
         end = time.monotonic() + 120
-        while client.status(job_id)["state"] != "done" and time.monotonic() < end:
+        while client.status(job_id, token=token)["state"] != "done" and time.monotonic() < end:
             time.sleep(0.1)
-        engine_state = client.status(job_id)["state"]
+        engine_state = client.status(job_id, token=token)["state"]
     finally:
         client.close()
     import shutil
@@ -592,13 +593,13 @@ def version_mismatch(tmp, port):
     router.bind(f"tcp://127.0.0.1:{port}")
     stop = threading.Event()
 
-    def serve():  # answers every hello the way an engine of protocol 2 does
+    def serve():  # answers every request the way an engine of the previous protocol, 1, does
         while not stop.is_set():
             if router.poll(50):
                 peer, header = router.recv_multipart()[:2]
                 request = msgpack.unpackb(header)
                 reply = {"v": 1, "type": "error", "id": request.get("id"), "code": "version_mismatch",
-                         "message": "this engine speaks protocol 2, the client 1", "field": "protocol"}
+                         "message": "protocol version 2 is not 1", "field": "v"}
                 router.send_multipart([peer, msgpack.packb(reply)])
 
     thread = threading.Thread(target=serve, daemon=True)
@@ -770,7 +771,7 @@ def preview_and_instant(tmp, address):
     client_type.start_preview = recording
 
     def engine_jobs():
-        client = client_type(address, timeout=10)
+        client = client_type(address, timeout=10, token=addon().engine_link.owner_token())  # the add-on's owner
         try:
             return len(client.list_jobs())
         finally:
@@ -800,7 +801,7 @@ def preview_and_instant(tmp, address):
     _draw(bpy.types.VSE_STYLE_PT_options, options_panel)
     client = client_type(address, timeout=10)
     try:
-        engine_job = client.status(record.job_id)
+        engine_job = client.status(record.job_id, token=record.token)
     finally:
         client.close()
     report.update(outside=outside, op=result, op_error=error, sent=sent, text=state.text, error=state.error,

@@ -274,7 +274,7 @@ def test_preview_shows_one_painted_frame_and_instant_runs_the_fast_mode(tmp_path
 
 def test_engine_version_mismatch_is_explained(tmp_path):
     result = run_case("version_mismatch", tmp=str(tmp_path), port=free_port())
-    assert "Engine version mismatch" in result["test_connection"] and "protocol 2" in result["status"]
+    assert "Engine version mismatch" in result["test_connection"] and "protocol 1" in result["status"]
     assert "Engine version mismatch" in result["stylize"] and result["state"] == "failed"
 
 
