@@ -141,15 +141,15 @@ def bare_download(sock, name: str, count: int, framing: bool) -> None:
     assert received == count
 
 
-def seed_done_job(jobs_dir: Path, pngs: list) -> str:
-    """A finished job on disk, so the engine has frames to serve (no stylization needed)."""
+def seed_done_job(jobs_dir: Path, pngs: list, token: str) -> str:
+    """A finished job of ``token``'s owner on disk, so the engine has frames to serve (no stylization)."""
     from engine_server.io.frames import write_atomic
-    from engine_server.serve.jobs import JobStore
+    from engine_server.serve.jobs import JobStore, token_owner
 
     store = JobStore(jobs_dir)
     spec = {"frame_count": len(pngs), "width": 1920, "height": 1080, "styles": ["s.png"],
             "weights": [[1.0]] * len(pngs), "options": {}}
-    job = store.create(spec, [pngs[0]])
+    job = store.create(spec, [pngs[0]], token_owner(token))
     for i, data in enumerate(pngs, 1):
         write_atomic(job.input_path(i), data)
         write_atomic(job.output_path(i), data)
@@ -215,7 +215,8 @@ def main(argv=None) -> int:
     results = []
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
-        job = seed_done_job(tmp / "jobs", frames["png"])
+        token = "transfer-benchmark-token"
+        job = seed_done_job(tmp / "jobs", frames["png"], token)
         routers, socks = {}, {}
         for kind in ("bare", "framing"):
             address = f"tcp://127.0.0.1:{free_port()}"
@@ -227,7 +228,7 @@ def main(argv=None) -> int:
                 sock.send_multipart([b"keep", enc.encode(), blobs[0]])
                 sock.recv()
         engine = Engine(tmp / "engine", jobs_dir=tmp / "jobs", extra=["--log-level", "warning"]).start()
-        client = EngineClient(engine.address, timeout=60)
+        client = EngineClient(engine.address, timeout=60, token=token)
         try:
             for enc, blobs in frames.items():
                 runs = {

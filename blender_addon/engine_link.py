@@ -343,6 +343,20 @@ def explain(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {exc}"
 
 
+def delete_job(settings: Settings, job_id: str, token: str) -> str:
+    """Remove a job and its files from the engine (blocking: it may start the local engine). '' when it
+    is gone (or was already), else one line saying why not."""
+    api = client_module()
+    try:
+        client, _welcome = connect(settings)
+        client.delete_job(job_id, token=token or None)
+    except api.EngineError as exc:
+        return "" if exc.code == "unknown_job" else explain(exc)
+    except (LinkError, api.EngineUnavailable) as exc:
+        return explain(exc)
+    return ""
+
+
 # -- one job -------------------------------------------------------------------------------------------
 
 class JobLink:

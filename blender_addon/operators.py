@@ -1,4 +1,6 @@
 """Operators: style slots, Stylize / Cancel, the jobs list, the connection test."""
+import shutil
+
 import bpy
 from bpy.props import BoolProperty, EnumProperty, StringProperty
 
@@ -270,12 +272,23 @@ class VSE_STYLE_OT_job_resume(bpy.types.Operator):
 
 
 class VSE_STYLE_OT_job_remove(bpy.types.Operator):
-    """Remove the job from this file's list (its frames stay on disk)"""
+    """Remove the job from this file's list, and its inputs and frames from the engine"""
     bl_idname = "vse_style.job_remove"
     bl_label = "Remove Job"
     bl_options = {'REGISTER', 'UNDO'}
 
     uid: StringProperty(options={'HIDDEN', 'SKIP_SAVE'})
+    on_engine: BoolProperty(
+        name="Delete on the Engine", default=True,
+        description="Remove the job's uploaded frames and results from the engine too (a running job stops); "
+                    "the stylized frames beside the .blend are copies and stay")
+    frames: BoolProperty(
+        name="Delete Stylized Frames", default=False,
+        description="Also delete the stylized frames this job wrote beside the .blend (a strip imported from "
+                    "them shows as missing)")
+
+    def invoke(self, context, event):
+        return context.window_manager.invoke_props_dialog(self)
 
     def execute(self, context):
         scene = compat.sequencer_scene(context)
@@ -284,10 +297,17 @@ class VSE_STYLE_OT_job_remove(bpy.types.Operator):
             return {'CANCELLED'}
         run = jobs.get_run(record.uid)
         if run is not None:
-            run.close()  # stop following it; the engine keeps or finishes it
+            run.close()  # stop following it
+        problem = ""
+        if self.on_engine and record.job_id:
+            problem = engine_link.delete_job(link_settings(context), record.job_id, record.token)
+        if self.frames and record.out_dir:
+            shutil.rmtree(bpy.path.abspath(record.out_dir), ignore_errors=True)
         index = next(i for i, r in enumerate(scene.vse_style_jobs) if r.uid == record.uid)
         scene.vse_style_jobs.remove(index)
         scene.vse_style_job_index = min(index, len(scene.vse_style_jobs) - 1)
+        if problem:
+            self.report({'WARNING'}, f"Removed from the list; the engine keeps its files: {problem}")
         return {'FINISHED'}
 
 

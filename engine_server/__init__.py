@@ -20,9 +20,10 @@ never import higher ones (tests/test_layout.py checks it).
 """
 from .errors import Cancelled, FlowBackendUnavailable, InputError, WeightsUnavailable
 from .options import StylizeOptions
-from .pipeline import FrameResult, Progress, Stylizer, resolve_device, stylize
+from .pipeline import FrameResult, Progress, Stylizer, painting_pixels, resolve_device, stylize
 from .style.keyframes import load_style_weights
+from .style.targets import fit_style
 
 __version__ = "0.1.0"
 __all__ = ["stylize", "Stylizer", "StylizeOptions", "FrameResult", "Progress", "load_style_weights", "resolve_device",
-           "Cancelled", "InputError", "WeightsUnavailable", "FlowBackendUnavailable"]
+           "painting_pixels", "fit_style", "Cancelled", "InputError", "WeightsUnavailable", "FlowBackendUnavailable"]

@@ -18,7 +18,7 @@ from .errors import FlowBackendUnavailable, InputError, WeightsUnavailable
 from .io.frames import finished_frames, frame_filename, open_frames, read_image, write_frame, write_video
 from .io.report import write_report
 from .pipeline import Progress, Stylizer
-from .serve import keys, server, submit  # the engine server's commands live with the service
+from .serve import keys, operator, server, submit  # the engine server's commands live with the service
 from .style.keyframes import load_style_weights
 
 
@@ -41,6 +41,7 @@ def build_parser() -> argparse.ArgumentParser:
     server.add_parser(sub)
     submit.add_parser(sub, add_stylize_options)
     keys.add_parser(sub)
+    operator.add_parser(sub)
     return parser
 
 
@@ -129,8 +130,9 @@ def run_consistency(args) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    if args.command in ("serve", "keygen", "submit"):
-        return {"serve": server.run_serve, "keygen": keys.run_keygen, "submit": submit.run_submit}[args.command](args)
+    if args.command in ("serve", "keygen", "submit", "jobs"):
+        return {"serve": server.run_serve, "keygen": keys.run_keygen, "submit": submit.run_submit,
+                "jobs": operator.run_jobs}[args.command](args)
     try:
         if args.command == "stylize":
             return run_stylize(args)

@@ -95,6 +95,14 @@ def load_styles(styles: Sequence[FrameLike]) -> list[np.ndarray]:
             for i, s in enumerate(styles)]
 
 
+def painting_pixels(frame_size: tuple[int, int], options: StylizeOptions) -> int:
+    """The most pixels of a painting that a run with ``options`` on frames of ``frame_size`` can use
+    (larger paintings are brought down to it, with :func:`fit_style`, before anything else is done)."""
+    fast = options.mode in FAST_MODES
+    return style_pixels_needed(frame_size, options.style_scale, optimized=not fast,
+                               network=fast or options.init == "fast")
+
+
 def per_frame_weights(weights, frame_count: int, style_count: int) -> np.ndarray:
     """(frames, styles) array; None means weight 1 for every style on every frame."""
     if weights is None:
@@ -189,8 +197,7 @@ class _Run:
         self.work_done = 0.0  # in full-size iterations, for the ETA
         self.colour_reference = source[0] if self.opts.preserve_colors else None
         self._emit(Progress("setup", 0, self.count))
-        needed = style_pixels_needed(source.size, self.opts.style_scale, stylizer.vgg is not None,
-                                     stylizer.network is not None)
+        needed = painting_pixels(source.size, self.opts)
         self.styles = [fit_style(style, needed) for style in stylizer.style_images]
         self.painter = None if stylizer.network is None else FeedForwardStylizer(
             stylizer.network, self.styles, stylizer.device, self.opts.style_scale, self.opts.preserve_colors)

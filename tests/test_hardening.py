@@ -14,7 +14,7 @@ import zmq
 from engine_process import TINY, clip, png
 from engine_server.serve.jobs import Job, JobStore
 from engine_server.serve.retention import DAY, Retention, expired
-from test_server import TOKEN, collect, exchange, styles, submit_clip, with_token
+from test_server import TOKEN, collect, exchange, run_cli, submit_clip, with_token
 from vse_style_shared.client import EngineError
 from vse_style_shared.protocol import pack, unpack
 
@@ -324,3 +324,20 @@ def test_old_jobs_are_removed_when_the_engine_starts(engines, tmp_path):
         time.sleep(0.1)
     assert not old.dir.exists() and new.dir.is_dir()
     assert "removed by the clean-up" in engine.log
+
+
+def test_the_operator_sees_every_owners_jobs_and_deletes_with_the_engine_stopped(engines, tmp_path):
+    """Issue 10.2: clients see only their own jobs; whoever runs the engine can still see them all."""
+    jobs_dir = tmp_path / "jobs"
+    store = JobStore(jobs_dir)
+    mine, theirs = store.create(JOB, [b"style"], "token:" + "a" * 32), store.create(JOB, [b"style"], "key:Bxyz12345")
+    listed = run_cli("jobs", "--jobs-dir", jobs_dir)
+    assert listed.returncode == 0, listed.stderr
+    assert mine.id in listed.stdout and theirs.id in listed.stdout and "token:aaaaaaaa" in listed.stdout
+    engine = engines.start("operator", jobs_dir=jobs_dir)
+    refused = run_cli("jobs", "--jobs-dir", jobs_dir, "--delete", mine.id)
+    assert refused.returncode == 2 and "in use" in refused.stderr and mine.dir.is_dir()
+    engine.kill()
+    assert run_cli("jobs", "--jobs-dir", jobs_dir, "--delete", "no-such-job").returncode == 2
+    deleted = run_cli("jobs", "--jobs-dir", jobs_dir, "--delete", mine.id)
+    assert deleted.returncode == 0 and not mine.dir.exists() and theirs.dir.is_dir()

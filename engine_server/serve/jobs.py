@@ -15,6 +15,7 @@ output frames, the engine's I/O thread only input frames and deletions.
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import os
@@ -33,10 +34,16 @@ from ..io.frames import encode_png, frame_filename, write_atomic
 
 log = logging.getLogger(__name__)
 
+DEFAULT_JOBS_DIR = str(Path.home() / ".local" / "state" / "vse-style" / "jobs")
 FRAME_NAME = re.compile(r"^frame_(\d{6})\.png$")
 STYLE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp"}
 # Jobs written by an engine with larger limits must still load after a restart with smaller ones.
 STORED_LIMITS = Limits(max_frames=10**7, max_side=10**6, max_styles=10**4, max_name_chars=10**4)
+
+
+def token_owner(token: str) -> str:
+    """The owner a client token stands for (PROTOCOL.md, Owners); only this hash is ever stored."""
+    return "token:" + hashlib.sha256(token.encode()).hexdigest()[:32]
 
 
 def _lock_exclusive(handle) -> None:
@@ -184,26 +191,27 @@ class JobStore:
         return gone
 
     # -- loading -----------------------------------------------------------------------------------
-    def scan(self) -> list[Job]:
-        """Every valid job in the directory, oldest first; invalid ones are logged and left alone."""
+    def scan(self, tidy: bool = True) -> list[Job]:
+        """Every valid job in the directory, oldest first; invalid ones are logged and left alone.
+        ``tidy`` (the engine, holding the lock) also removes what interrupted writes left behind."""
         jobs = []
         if not self.root.is_dir():
             return jobs
         for entry in sorted(self.root.iterdir()):
             if entry.name.startswith("."):
-                if entry.name.startswith((".new-", ".deleted-")) and entry.is_dir():  # a submit or delete
-                    shutil.rmtree(entry, ignore_errors=True)                         # the engine died in
+                if tidy and entry.name.startswith((".new-", ".deleted-")) and entry.is_dir():  # a submit or a
+                    shutil.rmtree(entry, ignore_errors=True)                                  # delete cut short
                 continue
             if not entry.is_dir():
                 continue
             try:
-                jobs.append(self.load(entry))
+                jobs.append(self.load(entry, tidy))
             except Exception as exc:  # whatever is in a folder (even JSON nested too deep), never stop here
                 log.warning("ignoring job folder %s: %s", entry, f"{type(exc).__name__}: {exc}"[:200])
         jobs.sort(key=lambda j: j.created)
         return jobs
 
-    def load(self, folder: Path) -> Job:
+    def load(self, folder: Path, tidy: bool = True) -> Job:
         data = json.loads((folder / "job.json").read_text())
         if not isinstance(data, dict) or data.get("id") != folder.name:
             raise ValueError("job.json does not describe this folder")
@@ -225,20 +233,21 @@ class JobStore:
                   report if isinstance(report, dict) else None,
                   owner if isinstance(owner, str) else None,
                   runs if isinstance(runs, int) and not isinstance(runs, bool) else 0)
-        job.received = self._valid_frames(folder / "input", job)
-        job.finished = self._valid_frames(folder / "output", job)
+        job.received = self._valid_frames(folder / "input", job, tidy)
+        job.finished = self._valid_frames(folder / "output", job, tidy)
         job.bytes = folder_bytes(folder)
         return job
 
     @staticmethod
-    def _valid_frames(folder: Path, job: Job) -> set[int]:
+    def _valid_frames(folder: Path, job: Job, tidy: bool = True) -> set[int]:
         """Indices of frame files whose PNG header has the job's size; temporary files are removed."""
         found = set()
         if not folder.is_dir():
             return found
         for entry in folder.iterdir():
             if entry.name.startswith(".") and entry.name.endswith(".tmp"):
-                entry.unlink(missing_ok=True)
+                if tidy:
+                    entry.unlink(missing_ok=True)
                 continue
             match = FRAME_NAME.match(entry.name)
             if not match or not 1 <= int(match.group(1)) <= job.frame_count:

@@ -19,7 +19,6 @@ import numpy as np
 import zmq
 
 from ..io.frames import decode_image, encode_png
-from ..style.targets import NETWORK_STYLE_PIXELS, fit_style
 
 log = logging.getLogger(__name__)
 
@@ -83,21 +82,22 @@ class PreviewWorker(threading.Thread):
                     "field": None}, []
 
     def _paint(self, request: PreviewRequest) -> tuple[dict, list]:
-        from .. import StylizeOptions, Stylizer  # the engine core, loaded on this thread
+        from .. import StylizeOptions, Stylizer, fit_style, painting_pixels  # the engine core, on this thread
         from ..errors import InputError, WeightsUnavailable
 
         h = request.header
         started = time.perf_counter()
         frame = _decode(request.blobs[0], h["encoding"], h["width"], h["height"])
+        options = StylizeOptions(mode="fast-per-frame", device=self.device, **(h.get("options") or {}))
+        needed = painting_pixels((h["width"], h["height"]), options)
         styles = []
         for i, blob in enumerate(request.blobs[1:]):
             style = decode_image(blob)
             if style is None:
                 raise _Refused(f"style image {i} ({h['styles'][i]}) is not a readable image", f"styles[{i}]")
-            styles.append(fit_style(style, NETWORK_STYLE_PIXELS))  # one full-size painting held at a time
-        options = h.get("options") or {}
+            styles.append(fit_style(style, needed))  # one full-size painting in memory at a time
         try:
-            stylizer = Stylizer(styles, StylizeOptions(mode="fast-per-frame", device=self.device, **options))
+            stylizer = Stylizer(styles, options)
             result = next(iter(stylizer.run([frame], [h["weights"]])))
         except (InputError, WeightsUnavailable) as exc:
             raise _Refused(str(exc), None) from None

@@ -19,7 +19,6 @@ generators that read one frame from disk at a time, consumed as the peer can tak
 """
 from __future__ import annotations
 
-import hashlib
 import logging
 import secrets
 import signal
@@ -39,7 +38,7 @@ from vse_style_shared.protocol import (
 
 from .. import __version__
 from ..io.frames import decode_image, image_problem
-from .jobs import Job, JobsDirBusy, JobStore, remove_folder, store_input
+from .jobs import DEFAULT_JOBS_DIR, Job, JobsDirBusy, JobStore, remove_folder, store_input, token_owner
 from .retention import Retention, expired
 from .transport import Incoming, StartupError, Transport
 from .preview import PreviewRequest, PreviewWorker
@@ -139,23 +138,29 @@ class Server:
         for job in self.jobs.values():
             if job.state not in ("queued", "running"):
                 continue
-            if job.unfinished_runs >= CRASHES_BEFORE_FAILING:
-                log.warning("job %s: the engine stopped %d times while running it; failing it", job.id,
-                            job.unfinished_runs)
-                self._set_state(job, "failed", {
-                    "code": "internal", "field": None,
-                    "message": f"the engine stopped {job.unfinished_runs} times while running this job (it may need "
-                               f"more memory than the engine has: try a smaller size or fewer styles)"})
-            elif len(job.received) < job.frame_count:
-                self._set_state(job, "failed", {"code": "internal", "field": None,
-                                                "message": "input frames missing on disk after a restart"})
-            elif len(job.finished) == job.frame_count:
-                self._set_state(job, "done")  # the last frame was written just before the engine died
-            else:
-                log.info("job %s: resuming after restart (%d of %d frames finished)", job.id,
-                         len(job.finished), job.frame_count)
-                self._set_state(job, "queued")
-                self._enqueue(job)
+            try:
+                self._requeue_one(job)
+            except OSError as exc:  # an unwritable job folder: that job waits, the engine starts
+                log.warning("job %s: cannot resume it: %s", job.id, exc)
+
+    def _requeue_one(self, job: Job) -> None:
+        if job.unfinished_runs >= CRASHES_BEFORE_FAILING:
+            log.warning("job %s: the engine stopped %d times while running it; failing it", job.id,
+                        job.unfinished_runs)
+            self._set_state(job, "failed", {
+                "code": "internal", "field": None,
+                "message": f"the engine stopped {job.unfinished_runs} times while running this job (it may need "
+                           f"more memory than the engine has: try a smaller size or fewer styles)"})
+        elif len(job.received) < job.frame_count:
+            self._set_state(job, "failed", {"code": "internal", "field": None,
+                                            "message": "input frames missing on disk after a restart"})
+        elif len(job.finished) == job.frame_count:
+            self._set_state(job, "done")  # the last frame was written just before the engine died
+        else:
+            log.info("job %s: resuming after restart (%d of %d frames finished)", job.id,
+                     len(job.finished), job.frame_count)
+            self._set_state(job, "queued")
+            self._enqueue(job)
 
     def request_stop(self, *_args) -> None:
         self._stop = True
@@ -230,7 +235,7 @@ class Server:
         if incoming.user_id:
             return "key:" + incoming.user_id
         token = message.header.get("token")
-        return "token:" + hashlib.sha256(token.encode()).hexdigest()[:32] if token else None
+        return token_owner(token) if token else None
 
     def _job(self, message: Message, owner: str | None) -> Job:
         """The asker's job; someone else's is answered exactly like one that does not exist."""
@@ -544,7 +549,7 @@ def add_parser(sub) -> None:
     p.add_argument("--bind", default="tcp://127.0.0.1:5555", metavar="ADDR",
                    help="ZeroMQ address to listen on (default tcp://127.0.0.1:5555). Loopback and ipc:// need no "
                         "keys; any other address (e.g. tcp://0.0.0.0:5555) requires --curve-dir")
-    p.add_argument("--jobs-dir", default=str(Path.home() / ".local" / "state" / "vse-style" / "jobs"),
+    p.add_argument("--jobs-dir", default=DEFAULT_JOBS_DIR,
                    metavar="DIR", help="where jobs live: inputs, finished frames and state (default %(default)s)")
     p.add_argument("--device", default="auto", help="auto (CUDA when present), cpu, cuda or cuda:N (default auto)")
     p.add_argument("--curve-dir", metavar="DIR",

@@ -150,12 +150,10 @@ class Worker(threading.Thread):
     def _paintings(job: Job, options) -> list:
         """The job's style images, each decoded and brought down to the size the job can use before the
         next one is read: sixteen 40-megapixel scans never sit in memory side by side."""
+        from .. import fit_style, painting_pixels
         from ..io.frames import read_image
-        from ..options import FAST_MODES
-        from ..style.targets import fit_style, style_pixels_needed
 
-        needed = style_pixels_needed(job.size, options.style_scale, options.mode not in FAST_MODES,
-                                     options.mode in FAST_MODES or options.init == "fast")
+        needed = painting_pixels(job.size, options)
         return [fit_style(read_image(path, f"style {i + 1}"), needed) for i, path in enumerate(job.style_paths())]
 
     def _on_progress(self, job_id: str, event) -> None:

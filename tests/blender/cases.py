@@ -532,13 +532,20 @@ def cancel(tmp, address):
     ended = _tick_until(lambda: not jobs.busy(), timeout=60)
     seconds = time.monotonic() - started
     client = addon().engine_link.client_module().EngineClient(address, timeout=10)
+    job_id, token = record().job_id, record().token
     try:
-        engine_state = client.status(record().job_id, token=record().token)["state"]
+        engine_state = client.status(job_id, token=token)["state"]
+        report = _new_strip_report(bpy.context.scene, record())
+        removed = call(bpy.ops.vse_style.job_remove, uid=record().uid)  # and its files on the engine
+        try:
+            after_remove = client.status(job_id, token=token)["state"]
+        except addon().engine_link.client_module().EngineError as exc:
+            after_remove = exc.code
     finally:
         client.close()
-    report = _new_strip_report(bpy.context.scene, record())
     report.update(op=result, op_error=error, running=running, progress_text=progress_text, cancelled=cancelled,
-                  ended=ended, seconds=seconds, engine_state=engine_state)
+                  ended=ended, seconds=seconds, engine_state=engine_state, removed=removed,
+                  after_remove=after_remove, rows_after=len(bpy.context.scene.vse_style_jobs))
     return report
 
 

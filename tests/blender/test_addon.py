@@ -235,6 +235,9 @@ def test_cancel_a_running_job(tmp_path, engine):
     assert result["state"] == "cancelled" and result["engine_state"] == "cancelled"
     assert result["result"] == "" and "shot stylized" not in result["strips"]
     assert result["seconds"] < 30
+    # Remove Job takes the row away and the job's files off the engine (issue 12.6, delete_job)
+    assert result["removed"][0] == ["FINISHED"] and result["rows_after"] == 0
+    assert result["after_remove"] == "unknown_job"
 
 
 def test_reattach_to_a_finished_job_after_reloading_the_blend(tmp_path, engine):
