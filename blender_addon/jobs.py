@@ -332,6 +332,7 @@ def start(scene, strip, settings, background=False) -> Run:
     weights = sample_weights(scene, strip, exporter.frames)
     record = scene.vse_style_jobs.add()
     record.uid, record.name, record.source, record.state = uid, strip.name, strip.name, "exporting"
+    record.source_key, record.source_frame_start = reimport.strip_key(scene, strip), strip.frame_start
     record.frame_start, record.frame_count = exporter.frames[0], len(exporter.frames)
     record.channel, record.out_dir = strip.channel, out_dir
     record.width, record.height = exporter.size

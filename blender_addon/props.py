@@ -38,6 +38,7 @@ def _apply_preset(self, _context):
 
 
 class VSE_STYLE_PG_strip(bpy.types.PropertyGroup):
+    key: StringProperty(options={'HIDDEN'})  # a stable identity: finds the strip again after a rename
     slots: CollectionProperty(type=VSE_STYLE_PG_slot)
     active_slot: IntProperty(name="Active Style")
     preset: EnumProperty(
@@ -56,7 +57,7 @@ class VSE_STYLE_PG_strip(bpy.types.PropertyGroup):
     width: IntProperty(name="Width", default=480, min=0, max=8192, subtype='PIXEL',
                        description="Processing width in pixels (0: the source's own); the height keeps "
                                    "the aspect ratio")
-    iterations: IntProperty(name="Iterations", default=100, min=1, max=100000,
+    iterations: IntProperty(name="Iterations", default=100, min=1, max=5000,
                             description="Optimizer iterations per frame (the first frame gets twice as many)")
     temporal_weight: FloatProperty(name="Temporal Weight", default=1000.0, min=0.0, soft_max=10000.0,
                                    description="How strongly each frame follows the previous stylized "
@@ -77,7 +78,9 @@ class VSE_STYLE_PG_job(bpy.types.PropertyGroup):
     job_id: StringProperty()       # the engine's id ("" until the engine accepted the job)
     token: StringProperty()        # the owner's secret the job was submitted with (engine_link.owner_token)
     name: StringProperty()         # label: the source strip's name when submitted
-    source: StringProperty()       # source strip name (renames are followed while Blender runs)
+    source: StringProperty()       # source strip name when last seen (found by source_key after a rename)
+    source_key: StringProperty()   # the source's vse_style.key
+    source_frame_start: FloatProperty()  # the source's frame_start at submit: how far it moved since
     state: StringProperty(default="exporting")
     frame_start: IntProperty()     # first scene frame of the source's visible range
     frame_count: IntProperty()

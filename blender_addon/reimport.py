@@ -32,6 +32,28 @@ def free_channel(collection, above: int, start: int, end: int) -> int:
     raise ReimportError(f"No free channel above channel {above} for frames {start}-{end - 1}")
 
 
+def strip_key(scene, strip) -> str:
+    """The strip's stable identity (made on first use, and made anew for a duplicate that copied it)."""
+    import uuid
+
+    key = strip.vse_style.key
+    shared = key and any(other.vse_style.key == key and other != strip
+                         for other in compat.strips_all(scene.sequence_editor))
+    if not key or shared:
+        strip.vse_style.key = key = uuid.uuid4().hex
+    return key
+
+
+def find_source(editor, record):
+    """The job's source strip where it is now: by its key (it may have been renamed), else by name."""
+    everything = compat.strips_all(editor)
+    if record.source_key:
+        keyed = [s for s in everything if s.vse_style.key == record.source_key]
+        if keyed:
+            return next((s for s in keyed if s.name == record.source), keyed[0])
+    return everything.get(record.source)
+
+
 def _place_like(strip, source, size, source_size):
     """Show the (processing-size) frames where the source shows its full-size media."""
     sx, sy = source_size[0] / size[0], source_size[1] / size[1]
@@ -53,9 +75,14 @@ def import_result(scene, record):
         raise ReimportError(f"{len(missing)} of {count} stylized frames are missing in {record.out_dir} "
                             f"(first: {frame_name(missing[0])}): resume the job to fetch them")
     editor = scene.sequence_editor_create()
-    source = compat.strips_all(editor).get(record.source)
+    source = find_source(editor, record)
     collection = compat.container_of(editor, source) if source else compat.strips(editor)
-    start, end = record.frame_start, record.frame_start + count
+    start = record.frame_start
+    if source is not None:
+        record.source = source.name  # follow a rename
+        if record.source_key:  # the source moved while the job ran: land over it where it is now
+            start += round(source.frame_start - record.source_frame_start)
+    end = start + count
     channel = free_channel(collection, source.channel if source else record.channel, start, end)
     folder = bpy.path.abspath(record.out_dir)
     strip = collection.new_image(name=f"{record.name} stylized", filepath=os.path.join(folder, frame_name(1)),
@@ -67,6 +94,7 @@ def import_result(scene, record):
         if not record.rendered:  # read from the media: place it like the media, not like the canvas
             _place_like(strip, source, (record.width, record.height), tuple(record.source_size))
         copy_group(source.vse_style, strip.vse_style)
+        strip.vse_style.key = ""  # the result is a strip of its own, not another name for the source
         keyframes.copy_weight_keys(scene, source, strip, len(source.vse_style.slots))
     for other in compat.strips_all(editor):
         other.select = False

@@ -549,6 +549,34 @@ def cancel(tmp, address):
     return report
 
 
+def moved_and_renamed(tmp, address):
+    """Issue 12.1: the source is moved by 100 frames and renamed while its job runs."""
+    prefs = bpy_case.enable()
+    _remote(prefs, address)
+    scene, source, frames = _clip_scene(tmp)
+    call(bpy.ops.vse_style.stylize, wait=False)
+    jobs = addon().jobs
+    record = lambda: bpy.context.scene.vse_style_jobs[0]  # noqa: E731
+    submitted = _tick_until(lambda: record().state in ("queued", "running", "done"))
+    source = strips()["shot"]
+    source.frame_start += 100
+    source.name = "moved shot"
+    key(source, 0, 106, 1.0)  # keys where the strip is now
+    key(source, 0, 108, 0.0)
+    finished = _tick_until(lambda: not jobs.busy())
+    editor = scene.sequence_editor
+    source = addon().compat.strips_all(editor)["moved shot"]
+    new = addon().compat.strips_all(editor).get(record().result)
+    return {"submitted": submitted, "finished": finished, "state": record().state, "error": record().error,
+            "source_range": [source.frame_final_start, source.frame_final_end], "source_channel": source.channel,
+            "range": [new.frame_final_start, new.frame_final_end] if new else None,
+            "channel": new.channel if new else None, "record_source": record().source,
+            "slots": [s.image for s in new.vse_style.slots] if new else None,
+            "source_slots": [s.image for s in source.vse_style.slots],
+            "new_curves": weight_curves(new) if new else None, "source_curves": weight_curves(source),
+            "keys_differ": bool(new) and new.vse_style.key != source.vse_style.key}
+
+
 def reattach(tmp, address):
     """Submit, close the file mid-job, reopen it once the engine has finished, then resume the job."""
     prefs = bpy_case.enable()

@@ -240,6 +240,17 @@ def test_cancel_a_running_job(tmp_path, engine):
     assert result["after_remove"] == "unknown_job"
 
 
+def test_result_lands_over_the_source_after_it_moved_and_was_renamed(tmp_path, engine):
+    """Issue 12.1: the result went to the old frames (moved source) or lost its slots and keys (renamed)."""
+    result = run_case("moved_and_renamed", tmp=str(tmp_path), address=engine.address)
+    assert result["submitted"] and result["finished"] and result["state"] == "done", result["error"]
+    assert result["range"] == result["source_range"] == [106, 109]
+    assert result["channel"] > result["source_channel"] and result["record_source"] == "moved shot"
+    assert result["slots"] == result["source_slots"] and len(result["slots"]) == 2
+    assert result["new_curves"] == result["source_curves"] and 106.0 in [f for f, _ in result["new_curves"]["0"]]
+    assert result["keys_differ"]
+
+
 def test_reattach_to_a_finished_job_after_reloading_the_blend(tmp_path, engine):
     result = run_case("reattach", tmp=str(tmp_path), address=engine.address)
     assert result["uploaded"] and result["state_after_reload"] == "interrupted"
