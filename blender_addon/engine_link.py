@@ -343,6 +343,22 @@ def explain(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {exc}"
 
 
+def continue_job(settings: Settings, job_id: str, token: str) -> str:
+    """Ask the engine to run a cancelled or failed job again after its finished frames (blocking). ''
+    when it is queued again, else one line saying why not."""
+    api = client_module()
+    try:
+        client, _welcome = connect(settings)
+        client.continue_job(job_id, token=token or None)
+    except api.EngineError as exc:
+        if exc.code == "unknown_job":
+            return f"The engine has no job {job_id} of this user any more (it was deleted or cleaned up)"
+        return explain(exc)
+    except (LinkError, api.EngineUnavailable) as exc:
+        return explain(exc)
+    return ""
+
+
 def delete_job(settings: Settings, job_id: str, token: str) -> str:
     """Remove a job and its files from the engine (blocking: it may start the local engine). '' when it
     is gone (or was already), else one line saying why not."""

@@ -353,6 +353,8 @@ def resume(scene, record, settings, background=False) -> Run:
         return _runs[record.uid]
     if not record.job_id:
         raise JobError("This job never reached the engine: stylize the strip again")
+    if record.state == "done" and record.result:
+        raise JobError(f"This job is finished and was imported as '{record.result}': Re-import adds another copy")
     missing = reimport.missing_frames(record.out_dir, record.frame_count)
     since = (missing[0] - 1) if missing else record.frame_count  # the engine sends frames after this
     record.error = ""
@@ -360,6 +362,33 @@ def resume(scene, record, settings, background=False) -> Run:
     _runs[run.uid] = run
     ensure_timer()
     return run
+
+
+def import_finished(scene, record):
+    """Import the frames a cancelled, failed or interrupted job finished (from the first on, without a
+    gap) as a strip over the part of the source they cover."""
+    if record is None:
+        raise JobError("The job's record is gone")
+    count = reimport.finished_prefix(record)
+    if count == 0:
+        raise JobError("No stylized frame of this job is on disk yet: Continue (or Resume) fetches them")
+    try:
+        return reimport.import_result(scene, record, count)
+    except reimport.ReimportError as exc:
+        raise JobError(str(exc)) from None
+
+
+def continue_job(scene, record, settings, background=False) -> Run:
+    """Run a cancelled or failed job again on the engine after its finished frames, follow it, import."""
+    if record.uid in _runs:
+        return _runs[record.uid]
+    if not record.job_id:
+        raise JobError("This job never reached the engine: stylize the strip again")
+    problem = engine_link.continue_job(settings, record.job_id, record.token)
+    if problem:
+        raise JobError(problem)
+    record.state, record.error, record.progress_text = "queued", "", "Continuing"
+    return resume(scene, record, settings, background)
 
 
 def import_now(scene, record):

@@ -271,6 +271,55 @@ class VSE_STYLE_OT_job_resume(bpy.types.Operator):
         return _finish(self, run)
 
 
+class VSE_STYLE_OT_job_import_finished(bpy.types.Operator):
+    """Import the frames a cancelled, failed or interrupted job finished as a strip over that part of its
+    source"""
+    bl_idname = "vse_style.job_import_finished"
+    bl_label = "Import Finished Frames"
+    bl_options = {'REGISTER', 'UNDO'}
+
+    uid: StringProperty(options={'HIDDEN', 'SKIP_SAVE'})
+
+    def execute(self, context):
+        record = _job_record(context, self.uid)
+        if record is None:
+            self.report({'ERROR'}, "No such job")
+            return {'CANCELLED'}
+        try:
+            strip = jobs.import_finished(compat.sequencer_scene(context), record)
+        except EXPECTED as exc:
+            self.report({'ERROR'}, str(exc))
+            return {'CANCELLED'}
+        self.report({'INFO'}, f"Imported '{strip.name}' on channel {strip.channel}")
+        return {'FINISHED'}
+
+
+class VSE_STYLE_OT_job_continue(bpy.types.Operator):
+    """Run a cancelled or failed job again after the frames it finished, then import the whole result"""
+    bl_idname = "vse_style.job_continue"
+    bl_label = "Continue"
+    bl_options = {'REGISTER'}
+
+    uid: StringProperty(options={'HIDDEN', 'SKIP_SAVE'})
+    wait: BoolProperty(default=True, options={'HIDDEN', 'SKIP_SAVE'})
+
+    def execute(self, context):
+        record = _job_record(context, self.uid)
+        if record is None:
+            self.report({'ERROR'}, "No such job")
+            return {'CANCELLED'}
+        if record.state not in ("cancelled", "failed"):
+            self.report({'ERROR'}, f"Only a cancelled or failed job continues (this one is {record.state})")
+            return {'CANCELLED'}
+        try:
+            run = jobs.continue_job(compat.sequencer_scene(context), record, link_settings(context),
+                                    background=_blocking(self))
+        except EXPECTED as exc:
+            self.report({'ERROR'}, str(exc))
+            return {'CANCELLED'}
+        return _finish(self, run)
+
+
 class VSE_STYLE_OT_job_remove(bpy.types.Operator):
     """Remove the job from this file's list, and its inputs and frames from the engine"""
     bl_idname = "vse_style.job_remove"
@@ -369,7 +418,8 @@ class VSE_STYLE_OT_notify(bpy.types.Operator):
 
 
 CLASSES = (VSE_STYLE_OT_slot_add, VSE_STYLE_OT_slot_remove, VSE_STYLE_OT_slot_move, VSE_STYLE_OT_stylize,
-           VSE_STYLE_OT_preview, VSE_STYLE_OT_cancel, VSE_STYLE_OT_job_import, VSE_STYLE_OT_job_resume, VSE_STYLE_OT_job_remove,
+           VSE_STYLE_OT_preview, VSE_STYLE_OT_cancel, VSE_STYLE_OT_job_import, VSE_STYLE_OT_job_resume,
+           VSE_STYLE_OT_job_import_finished, VSE_STYLE_OT_job_continue, VSE_STYLE_OT_job_remove,
            VSE_STYLE_OT_test_connection, VSE_STYLE_OT_notify)
 
 register, unregister = bpy.utils.register_classes_factory(CLASSES)

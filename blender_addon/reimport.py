@@ -67,9 +67,17 @@ def _place_like(strip, source, size, source_size):
         setattr(strip.crop, side, round(getattr(source.crop, side) / scale))
 
 
-def import_result(scene, record):
-    """Create the stylized strip for a finished job record; returns it. The source strip is not changed."""
-    count = record.frame_count
+def finished_prefix(record) -> int:
+    """How many frames from the first on are on disk without a gap (what a partial import can show)."""
+    missing = missing_frames(record.out_dir, record.frame_count)
+    return missing[0] - 1 if missing else record.frame_count
+
+
+def import_result(scene, record, count: int | None = None):
+    """Create the stylized strip for a job record (its first ``count`` frames; all by default); returns
+    it. The source strip is not changed."""
+    partial = count is not None and count < record.frame_count
+    count = record.frame_count if count is None else count
     missing = missing_frames(record.out_dir, count)
     if missing:
         raise ReimportError(f"{len(missing)} of {count} stylized frames are missing in {record.out_dir} "
@@ -85,7 +93,8 @@ def import_result(scene, record):
     end = start + count
     channel = free_channel(collection, source.channel if source else record.channel, start, end)
     folder = bpy.path.abspath(record.out_dir)
-    strip = collection.new_image(name=f"{record.name} stylized", filepath=os.path.join(folder, frame_name(1)),
+    name = f"{record.name} stylized" + (f" ({count} of {record.frame_count})" if partial else "")
+    strip = collection.new_image(name=name, filepath=os.path.join(folder, frame_name(1)),
                                  channel=channel, frame_start=start, fit_method="STRETCH")
     for index in range(2, count + 1):
         strip.elements.append(frame_name(index))

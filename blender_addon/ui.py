@@ -143,8 +143,13 @@ class VSE_STYLE_PT_jobs(SidebarPanel, bpy.types.Panel):
         row = layout.row(align=True)
         if state == "done":
             row.operator("vse_style.job_import", icon='IMPORT').uid = record.uid
-        elif state == "interrupted":
-            row.operator("vse_style.job_resume", icon='PLAY').uid = record.uid
+        elif state in ("interrupted", "cancelled", "failed"):
+            if state == "interrupted":
+                row.operator("vse_style.job_resume", icon='PLAY').uid = record.uid
+            else:
+                row.operator("vse_style.job_continue", icon='PLAY').uid = record.uid
+            if record.finished:
+                row.operator("vse_style.job_import_finished", icon='IMPORT', text="Import Finished").uid = record.uid
         elif state not in jobs.FINAL_STATES:
             row.operator("vse_style.cancel", icon='CANCEL').uid = record.uid
         row.operator("vse_style.job_remove", icon='X', text="").uid = record.uid

@@ -255,6 +255,10 @@ class EngineClient:
             if after is None:
                 return jobs
 
+    def continue_job(self, job_id: str, token: str | None = None) -> dict:
+        """Run a cancelled or failed job again after the frames it finished; its status (``queued``)."""
+        return _fields(self._request(_owned({"type": "continue_job", "job": job_id}, token)))
+
     def delete_job(self, job_id: str, token: str | None = None) -> None:
         """Remove a job and its files from the engine (a running job is cancelled first)."""
         self._request(_owned({"type": "delete_job", "job": job_id}, token))

@@ -16,7 +16,7 @@ from typing import Any, Callable, Sequence
 
 import msgpack
 
-PROTOCOL_VERSION = 2  # 2: owners (token / CURVE key), delete_job, paginated list_jobs, job-size limits
+PROTOCOL_VERSION = 2  # 2: owners (token / CURVE key), delete_job, continue_job, paginated list_jobs, job limits
 ENCODINGS = ("png", "raw")
 JOB_STATES = ("uploading", "queued", "running", "done", "failed", "cancelled")
 FINAL_STATES = ("done", "failed", "cancelled")
@@ -421,7 +421,7 @@ def _fetch(h, blobs, limits):
 REQUESTS: dict[str, Callable] = {
     "hello": _hello, "ping": _no_fields, "submit": _submit, "upload": _frame_message, "attach": _attach,
     "detach": _job_only, "status": _job_only, "list_jobs": _list_jobs, "fetch": _fetch, "cancel": _job_only,
-    "delete_job": _job_only, "preview": _preview,
+    "delete_job": _job_only, "continue_job": _job_only, "preview": _preview,
 }
 
 

@@ -341,3 +341,28 @@ def test_the_operator_sees_every_owners_jobs_and_deletes_with_the_engine_stopped
     assert run_cli("jobs", "--jobs-dir", jobs_dir, "--delete", "no-such-job").returncode == 2
     deleted = run_cli("jobs", "--jobs-dir", jobs_dir, "--delete", mine.id)
     assert deleted.returncode == 0 and not mine.dir.exists() and theirs.dir.is_dir()
+
+
+def test_a_cancelled_job_continues_after_the_frames_it_finished(engine):
+    """Issue 12.2 on the engine's side: a cancelled job stranded its frames; continue_job runs the rest."""
+    with engine.client() as client, engine.client() as other:
+        job = submit_clip(client, clip(3, seed=11), options={"first_iterations": 2, "iterations": 150})
+        session = client.open_session(job)
+        kept = collect(session, stop=lambda got: len(got) >= 1)
+        client.cancel(job)
+        while session.state != "cancelled":
+            collect(session, timeout=0.2)
+        assert client.status(job)["finished"] < 3, "cancelled mid-job"
+        with pytest.raises(EngineError, match="no job"):
+            other.continue_job(job)  # only its owner
+        stamp = (engine.jobs_dir / job / "output" / "frame_000001.png").stat().st_mtime_ns
+        status = client.continue_job(job)
+        assert status["state"] in ("queued", "running") and status["error"] is None
+        with pytest.raises(EngineError) as refused:
+            client.continue_job(job)
+        assert refused.value.code == "bad_state"
+        session = client.open_session(job, since=1)
+        rest = collect(session)
+        assert session.state == "done" and set(rest) | set(kept) == {1, 2, 3}
+        assert (engine.jobs_dir / job / "output" / "frame_000001.png").stat().st_mtime_ns == stamp
+        assert bytes(client.fetch(job, 1, 1)[1].data) == kept[1], "a finished frame is kept byte for byte"

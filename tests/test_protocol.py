@@ -30,6 +30,7 @@ VALID_REQUESTS = [
     ({"type": "delete_job", "job": "j1"}, []),
     ({"type": "fetch", "job": "j1", "start": 1, "end": 4, "encoding": "raw"}, []),
     ({"type": "cancel", "job": "j1"}, []),
+    ({"type": "continue_job", "job": "j1"}, []),
     ({"type": "preview", "encoding": "png", "width": 36, "height": 24, "styles": ["a.png", "b.jpg"],
       "weights": [1.0, 0.25], "options": {"style_scale": 1.5, "preserve_colors": True}}, [FRAME_PNG, b"a", b"b"]),
 ]
@@ -256,7 +257,8 @@ def _decode(frames):
 def test_decoder_never_raises_anything_but_protocol_error(frames):
     result = _decode(frames)
     if not isinstance(result, ProtocolError):  # random input that happens to be a valid message
-        assert result.type in ("hello", "ping", "list_jobs", "status", "detach", "cancel", "attach", "fetch")
+        assert result.type in ("hello", "ping", "list_jobs", "status", "detach", "cancel", "attach", "fetch",
+                               "delete_job", "continue_job")
 
 
 @settings(max_examples=3000, deadline=None, suppress_health_check=[HealthCheck.too_slow])

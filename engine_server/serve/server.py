@@ -385,6 +385,25 @@ class Server:
         self.transport.watch(peer, job.id)
         self.transport.reply(peer, m, {"type": "job_status", **job.status()})
 
+    def _on_continue_job(self, peer: bytes, m: Message, owner) -> None:
+        """A cancelled or failed job runs again after the frames it finished (they are kept as they are)."""
+        job = self._job(m, owner)
+        if job.state not in ("cancelled", "failed"):
+            raise ProtocolError("bad_state", f"job {job.id} is {job.state}: only a cancelled or failed job continues",
+                                "job")
+        if len(job.received) < job.frame_count:
+            raise ProtocolError("bad_state", f"job {job.id} has {len(job.received)} of its {job.frame_count} frames: "
+                                             f"upload the rest first", "job")
+        if len(job.finished) == job.frame_count:
+            self._set_state(job, "done", unfinished_runs=0)
+        else:
+            self._set_state(job, "queued", unfinished_runs=0)
+            self._enqueue(job)
+            log.info("job %s: continued by its owner (%d of %d frames finished)", job.id, len(job.finished),
+                     job.frame_count)
+        self.transport.watch(peer, job.id)
+        self.transport.reply(peer, m, {"type": "job_status", **job.status()})
+
     def _on_delete_job(self, peer: bytes, m: Message, owner) -> None:
         job = self._job(m, owner)
         self._delete(job, "deleted by its owner")

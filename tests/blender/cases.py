@@ -549,6 +549,37 @@ def cancel(tmp, address):
     return report
 
 
+def cancel_import_continue(tmp, address):
+    """Issue 12.2: after a cancel, import the finished frames, then continue the job to its end."""
+    prefs = bpy_case.enable()
+    _remote(prefs, address)
+    scene, source, frames = _clip_scene(tmp)
+    source.vse_style.iterations = 150
+    call(bpy.ops.vse_style.stylize, wait=False)
+    jobs = addon().jobs
+    record = lambda: bpy.context.scene.vse_style_jobs[0]  # noqa: E731
+    first_frame = _tick_until(lambda: record().finished >= 1)
+    cancelled = call(bpy.ops.vse_style.cancel, uid=record().uid)
+    _tick_until(lambda: not jobs.busy(), timeout=60)
+    state, finished = record().state, record().finished
+    first = os.path.join(bpy.path.abspath(record().out_dir), "frame_000001.png")
+    stamp = os.stat(first).st_mtime_ns
+    partial = call(bpy.ops.vse_style.job_import_finished, uid=record().uid)
+    editor = scene.sequence_editor
+    part = addon().compat.strips_all(editor).get(record().result)
+    part_report = {"name": part.name, "range": [part.frame_final_start, part.frame_final_end]} if part else None
+    continued = call(bpy.ops.vse_style.job_continue, uid=record().uid, wait=False)
+    done = _tick_until(lambda: not jobs.busy())
+    report = _new_strip_report(scene, record())
+    names = sorted(s.name for s in strips())
+    again = call(bpy.ops.vse_style.job_resume, uid=record().uid)  # finished and imported: no second copy
+    report.update(first_frame=first_frame, cancelled=cancelled, cancelled_state=state, finished_at_cancel=finished,
+                  partial=partial, part=part_report, continued=continued, done=done,
+                  first_kept=os.stat(first).st_mtime_ns == stamp, again=again,
+                  strips_unchanged=names == sorted(s.name for s in strips()))
+    return report
+
+
 def moved_and_renamed(tmp, address):
     """Issue 12.1: the source is moved by 100 frames and renamed while its job runs."""
     prefs = bpy_case.enable()

@@ -240,6 +240,21 @@ def test_cancel_a_running_job(tmp_path, engine):
     assert result["after_remove"] == "unknown_job"
 
 
+def test_cancelled_job_imports_its_finished_frames_then_continues(tmp_path, engine):
+    """Issue 12.2: after a cancel, Re-import said "nothing to import" and Resume did nothing."""
+    result = run_case("cancel_import_continue", tmp=str(tmp_path), address=engine.address)
+    assert result["first_frame"] and result["cancelled"][0] == ["FINISHED"]
+    k = result["finished_at_cancel"]
+    assert result["cancelled_state"] == "cancelled" and 1 <= k < 3
+    assert result["partial"][0] == ["FINISHED"], result["partial"][1]
+    assert result["part"] == {"name": f"shot stylized ({k} of 3)", "range": [6, 6 + k]}
+    assert result["continued"][0] == ["FINISHED"] and result["done"], result["continued"][1]
+    assert result["state"] == "done" and result["range"] == [6, 9] and result["first_kept"]
+    assert result["files"] == [f"frame_{i:06d}.png" for i in (1, 2, 3)]
+    assert result["again"][0] == [] and "Re-import adds another copy" in result["again"][1]
+    assert result["strips_unchanged"]
+
+
 def test_result_lands_over_the_source_after_it_moved_and_was_renamed(tmp_path, engine):
     """Issue 12.1: the result went to the old frames (moved source) or lost its slots and keys (renamed)."""
     result = run_case("moved_and_renamed", tmp=str(tmp_path), address=engine.address)
