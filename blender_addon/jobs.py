@@ -76,7 +76,8 @@ class Run:
         count = record.frame_count  # frames already on disk: all but the missing (a new job: none)
         self.have = set(range(1, count + 1)) - set(reimport.missing_frames(record.out_dir, count)) \
             if job_request is None else set()
-        self.stage = "export" if exporter is not None else "connect"
+        self.stage = "connect"
+        self.client = None
         self.future = None
         self.link = None
         self.cancelling = False
@@ -108,10 +109,14 @@ class Run:
 
     # the stages ----------------------------------------------------------------------------------
     def step(self, deadline: float, block: bool = False):
-        if self.stage == "export":
-            self._export(deadline)
+        # The engine is reached before anything is exported: an engine that is down or refuses costs
+        # the editor seconds, not the export of every frame.
         if self.stage == "connect":
             self._connect()
+        if self.stage == "export":
+            self._export(deadline)
+        if self.stage == "submit":
+            self._submit()
         if self.stage == "engine":
             self._engine(deadline, block)
         if self.stage == "import":
@@ -126,7 +131,7 @@ class Run:
             if time.monotonic() > deadline:
                 return
         exporter.close()
-        self.stage = "connect"
+        self.stage = "submit"
 
     def _connect(self):
         if self.background:
@@ -138,15 +143,20 @@ class Run:
             if not self.future.done():
                 return
             client, _welcome = self.future.result()  # raises the LinkError for the editor
+        self.client = client
         if self.job_request is not None:
-            styles, weights, options = self.job_request
-            info = self.info
-            self.link = engine_link.JobLink.submit(client, self.exporter.paths, styles, weights, options,
-                                                   info["width"], info["height"], info["name"], info["token"])
-            self.update(state="uploading", progress_text="Uploading")
-        else:
-            self.link = engine_link.JobLink(client, self.info["job_id"], since=self.since, token=self.info["token"])
-            self.update(progress_text="Attached to the engine")
+            self.stage = "export"
+            return
+        self.link = engine_link.JobLink(client, self.info["job_id"], since=self.since, token=self.info["token"])
+        self.update(progress_text="Attached to the engine")
+        self.stage = "engine"
+
+    def _submit(self):
+        styles, weights, options = self.job_request
+        info = self.info
+        self.link = engine_link.JobLink.submit(self.client, self.exporter.paths, styles, weights, options,
+                                               info["width"], info["height"], info["name"], info["token"])
+        self.update(state="uploading", progress_text="Uploading")
         self.stage = "engine"
 
     def _engine(self, deadline, block):
@@ -244,12 +254,29 @@ class Run:
 
     def fail(self, message: str):
         self.error = message
-        self.finish("failed", "Failed", message)
+        if self.job_request is not None and not self.info.get("job_id"):
+            self._forget_record()  # nothing reached the engine: no row to resume or import, only the message
+            self.close()
+        else:
+            self.finish("failed", "Failed", message)
         notify(message, "ERROR")
+
+    def _forget_record(self):
+        scene = self.scene
+        if scene is None:
+            return
+        try:  # the folder made for its frames, still empty
+            os.rmdir(bpy.path.abspath(self.info["out_dir"]))
+        except OSError:
+            pass
+        index = next((i for i, r in enumerate(scene.vse_style_jobs) if r.uid == self.uid), None)
+        if index is not None:
+            scene.vse_style_jobs.remove(index)
+            scene.vse_style_job_index = min(scene.vse_style_job_index, len(scene.vse_style_jobs) - 1)
 
     def cancel(self):
         """Stop the job: before the engine has it, right away; else ask the engine (the state follows)."""
-        if self.stage in ("export", "connect"):
+        if self.stage in ("connect", "export", "submit"):
             self.finish("cancelled", "Cancelled")
         elif not self.cancelling:
             self.cancelling = True
@@ -277,6 +304,40 @@ def _duration(seconds: float) -> str:
 
 # -- starting, resuming, importing ------------------------------------------------------------------------
 
+IMAGE_SIGNATURES = (b"\x89PNG\r\n\x1a\n", b"\xff\xd8\xff", b"BM", b"II*\x00", b"MM\x00*")
+
+
+def style_problem(image: str) -> str:
+    """Why a style slot's file cannot be a painting ('' when it can): checked by its first bytes, so a
+    wrong file is named before anything is exported or sent."""
+    if not image:
+        return "no file chosen"
+    path = bpy.path.abspath(image)
+    if not os.path.isfile(path):
+        return f"{image}: no such file"
+    try:
+        with open(path, "rb") as handle:
+            head = handle.read(16)
+    except OSError as exc:
+        return f"{image}: cannot be read ({exc.strerror})"
+    if not (head.startswith(IMAGE_SIGNATURES) or (head[:4] == b"RIFF" and head[8:12] == b"WEBP")):
+        return f"{image}: not an image file (PNG, JPEG, BMP, TIFF or WebP)"
+    return ""
+
+
+def check_output_folder(folder: str) -> None:
+    """JobError unless stylized frames can be written to ``folder`` (created here)."""
+    path = bpy.path.abspath(folder)
+    try:
+        os.makedirs(path, exist_ok=True)
+        probe = os.path.join(path, ".vse_style_write_test")
+        with open(probe, "wb"):
+            pass
+        os.remove(probe)
+    except OSError as exc:
+        raise JobError(f"Cannot write stylized frames to {folder}: {exc.strerror or exc}") from None
+
+
 def read_styles(strip) -> list:
     """[(name, file bytes)] of the strip's style slots; JobError naming a missing one."""
     slots = strip.vse_style.slots
@@ -286,9 +347,10 @@ def read_styles(strip) -> list:
         raise JobError(f"At most {MAX_STYLES} styles per strip")
     styles, names = [], set()
     for i, slot in enumerate(slots):
+        problem = style_problem(slot.image)
+        if problem:
+            raise JobError(f"Style {i + 1}: {problem}")
         path = bpy.path.abspath(slot.image)
-        if not slot.image or not os.path.isfile(path):
-            raise JobError(f"Style image missing: slot {i + 1} ({slot.image or 'no file chosen'})")
         name = os.path.basename(path)
         while name in names:  # the engine names styles by file name; keep them apart
             name = f"{i + 1}_{name}"
@@ -323,6 +385,7 @@ def start(scene, strip, settings, background=False) -> Run:
     export.check_strip(strip)
     uid = uuid.uuid4().hex[:8]
     out_dir = output_folder(scene, strip.name, uid)
+    check_output_folder(out_dir)
     inputs = tempfile.mkdtemp(prefix="vse_style_")
     try:
         exporter = export.Exporter(scene, strip, inputs, options.width)

@@ -77,6 +77,10 @@ class VSE_STYLE_OT_slot_add(bpy.types.Operator):
             self.report({'ERROR'}, f"At most {MAX_STYLES} styles per strip")
             return {'CANCELLED'}
         path = self.filepath
+        problem = jobs.style_problem(path)
+        if problem:
+            self.report({'ERROR'}, f"Not added: {problem}")
+            return {'CANCELLED'}
         if path and self.relative_path and bpy.data.filepath:
             try:
                 path = bpy.path.relpath(path)

@@ -414,9 +414,26 @@ def stylize_errors(tmp, free_port):
     messages["no_styles"] = call(stylize)[1]
     strip.vse_style.slots.add().image = os.path.join(tmp, "nowhere.jpg")
     messages["style_missing"] = call(stylize)[1]
+    not_an_image = os.path.join(tmp, "notes.png")
+    with open(not_an_image, "w") as handle:
+        handle.write("a text file named like a picture")
+    strip.vse_style.slots[0].image = not_an_image
+    messages["style_not_image"] = call(stylize)[1]
+    messages["slot_add_missing"] = call(bpy.ops.vse_style.slot_add, filepath=os.path.join(tmp, "nowhere.jpg"))[1]
+    messages["slot_add_not_image"] = call(bpy.ops.vse_style.slot_add, filepath=not_an_image)[1]
+    slots_after_refused_adds = len(strip.vse_style.slots)
     strip.vse_style.slots[0].image = style
     messages["unsaved"] = call(stylize)[1]
     save_blend(tmp)
+    exporter_type = addon().export.Exporter
+    exported = []
+    original_step = exporter_type.step
+
+    def counting_step(self):
+        exported.append(1)
+        return original_step(self)
+
+    exporter_type.step = counting_step
     prefs.engine_mode, prefs.python = "LOCAL", ""
     messages["no_python"] = call(stylize)[1]
     prefs.engine_mode, prefs.address, prefs.timeout = "REMOTE", f"tcp://127.0.0.1:{free_port}", 1.0
@@ -424,8 +441,10 @@ def stylize_errors(tmp, free_port):
     messages["engine_down"] = call(stylize)[1]
     seconds = time.monotonic() - started
     test = call(bpy.ops.vse_style.test_connection)
+    exporter_type.step = original_step
     records = [(r.state, r.error) for r in bpy.context.scene.vse_style_jobs]
     return {"messages": messages, "records": records, "engine_down_seconds": seconds, "version": bpy.app.version[:2],
+            "exported_frames": len(exported), "slots_after_refused_adds": slots_after_refused_adds,
             "test_connection": test[1], "status": prefs.status,
             "temp_scenes": [s.name for s in bpy.data.scenes if s.name.startswith(".vse_style")]}
 
@@ -680,7 +699,7 @@ def version_mismatch(tmp, port):
         router.close(0)
         context.term()
     return {"test_connection": test[1], "status": prefs.status, "stylize": error,
-            "state": bpy.context.scene.vse_style_jobs[0].state}
+            "rows": len(bpy.context.scene.vse_style_jobs)}
 
 
 def install_zip(zip_path, address):

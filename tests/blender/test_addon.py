@@ -155,14 +155,18 @@ def test_stylize_refuses_with_clear_messages(tmp_path):
     if result["version"] >= [5, 0]:  # the 4.2 wheel cannot make sound strips
         assert "Sound is not supported" in m["sound"]
     assert "Add at least one style" in m["no_styles"]
-    assert "Style image missing" in m["style_missing"] and "nowhere.jpg" in m["style_missing"]
+    assert "Style 1" in m["style_missing"] and "nowhere.jpg: no such file" in m["style_missing"]
+    assert "notes.png: not an image file" in m["style_not_image"]  # issue 12.3: named before any export
+    assert "Not added" in m["slot_add_missing"] and "no such file" in m["slot_add_missing"]
+    assert "not an image file" in m["slot_add_not_image"] and result["slots_after_refused_adds"] == 1
     assert "Save the .blend file first" in m["unsaved"]
     assert "Engine Python" in m["no_python"] or "Python interpreter" in m["no_python"]
     assert "Engine not reachable" in m["engine_down"] and "Traceback" not in m["engine_down"]
     assert result["engine_down_seconds"] < 10
     assert "Engine not reachable" in result["test_connection"] and "Engine not reachable" in result["status"]
-    states = [state for state, _ in result["records"]]
-    assert states == ["failed", "failed"] and "Engine not reachable" in result["records"][-1][1]
+    # issue 12.3: the engine is reached before any frame is exported, and attempts that never reached
+    # it leave no rows behind
+    assert result["exported_frames"] == 0 and result["records"] == []
     assert result["temp_scenes"] == []
 
 
@@ -304,7 +308,7 @@ def test_preview_shows_one_painted_frame_and_instant_runs_the_fast_mode(tmp_path
 def test_engine_version_mismatch_is_explained(tmp_path):
     result = run_case("version_mismatch", tmp=str(tmp_path), port=free_port())
     assert "Engine version mismatch" in result["test_connection"] and "protocol 1" in result["status"]
-    assert "Engine version mismatch" in result["stylize"] and result["state"] == "failed"
+    assert "Engine version mismatch" in result["stylize"] and result["rows"] == 0  # no row for a job never sent
 
 
 def test_built_zip_installs_and_its_operators_run(tmp_path, engine):
