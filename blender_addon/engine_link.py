@@ -109,6 +109,7 @@ class LocalEngine:
                    "--jobs-dir", settings.jobs_dir]
         flags = getattr(subprocess, "CREATE_NO_WINDOW", 0)  # Windows: no console window
         with open(self.log_path, "ab") as log:
+            self.log_start = log.tell()  # earlier runs' lines are not this run's news
             self.process = subprocess.Popen(command, stdin=subprocess.DEVNULL, stdout=log,
                                             stderr=subprocess.STDOUT, env=env, cwd=settings.jobs_dir,
                                             creationflags=flags)
@@ -120,13 +121,18 @@ class LocalEngine:
         return self.process.poll() is None
 
     def log_tail(self, lines: int = 3) -> str:
+        """The last lines this engine process wrote (never an earlier run's)."""
         try:
             with open(self.log_path, "rb") as handle:
-                handle.seek(max(0, os.path.getsize(self.log_path) - 4096))
+                handle.seek(max(self.log_start, os.path.getsize(self.log_path) - 4096))
                 text = handle.read().decode("utf-8", "replace")
         except OSError:
             return ""
-        return " | ".join(line.strip() for line in text.strip().splitlines()[-lines:])
+        tail = []
+        for line in (line.strip() for line in text.strip().splitlines()[-lines:]):
+            if line and line not in tail:
+                tail.append(line)
+        return " | ".join(tail)
 
     def stop(self, timeout: float = 10.0):
         if self.alive:
@@ -154,7 +160,11 @@ def local_engine_failed() -> str:
     engine = _local
     if engine is None or engine.alive:
         return ""
-    return f"The local engine stopped (exit code {engine.process.returncode}): {engine.log_tail()}"
+    tail = engine.log_tail()
+    if "No module named engine_server" in tail or "No module named 'engine_server'" in tail:
+        return (f"The Engine Python ({engine.settings.python}) has no engine installed: point the add-on "
+                f"preferences at the environment `make setup` made (its .venv/bin/python)")
+    return f"The local engine stopped (exit code {engine.process.returncode}): {tail}"
 
 
 def local_pid() -> "int | None":

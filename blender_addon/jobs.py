@@ -25,6 +25,8 @@ from .props import MAX_STYLES
 FINAL_STATES = ("done", "failed", "cancelled")
 STATE_TEXT = {"queued": "Queued on the engine", "running": "Starting"}  # until progress events say more
 TIMER_INTERVAL = 0.1
+STAGE_WORDS = {"flow": "following the motion", "done": "finishing"}  # the engine's stage names, for editors
+PRINT_INTERVAL = 5.0  # seconds between progress lines in background mode while the step stays the same
 _runs: dict = {}   # uid -> Run
 
 
@@ -83,6 +85,7 @@ class Run:
         self.cancelling = False
         self.error = ""
         self.unreachable_noted = False
+        self._steps_printed, self._last_print = set(), 0.0  # background mode's progress lines
 
     # record access ------------------------------------------------------------------------------
     @property
@@ -106,6 +109,16 @@ class Run:
         if record is not None:
             for key, value in fields.items():
                 setattr(record, key, value)
+        if self.background and "progress_text" in fields:
+            self._print_progress(fields["progress_text"])
+
+    def _print_progress(self, text: str):
+        """``blender -b`` has no panel: a line on stdout when the step changes, or every few seconds."""
+        step, now = text.split(" · ")[0], time.monotonic()
+        if step and (step not in self._steps_printed or now - self._last_print >= PRINT_INTERVAL):
+            self._steps_printed.add(step)
+            self._last_print = now
+            print(f"vse_style: {self.info.get('name')}: {text}", flush=True)
 
     # the stages ----------------------------------------------------------------------------------
     def step(self, deadline: float, block: bool = False):
@@ -194,9 +207,13 @@ class Run:
             frame, eta = event.get("frame") or 0, event.get("eta")
             iteration, iterations = event.get("iteration") or 0, event.get("iterations") or 0
             done = max(0, frame - 1) + (iteration / iterations if iterations else 0)
-            text = f"Frame {frame}/{event.get('frame_count') or count}"
-            if event.get("stage") not in (None, "optimize", "stylize"):
-                text += f" ({event['stage']})"
+            stage = event.get("stage")
+            if stage == "setup":  # the engine loads its network and measures the paintings
+                text = "Preparing the engine"
+            else:
+                text = f"Frame {frame}/{event.get('frame_count') or count}"
+                if stage in STAGE_WORDS:
+                    text += f" ({STAGE_WORDS[stage]})"
             if eta is not None:
                 text += f" · ETA {_duration(eta)}"
             self.update(state="running", progress=min(1.0, done / count), progress_text=text)
@@ -380,6 +397,8 @@ def start(scene, strip, settings, background=False) -> Run:
     """Validate, then start stylizing ``strip``; the run advances in tick()."""
     if strip is None:
         raise JobError("No active strip: select the strip to stylize in the Sequencer")
+    if active_run(strip.name) is not None:
+        raise JobError(f"'{strip.name}' is being stylized already: wait for that job or cancel it")
     options = strip.vse_style
     styles = read_styles(strip)
     export.check_strip(strip)

@@ -32,9 +32,26 @@ class VSE_STYLE_PG_slot(bpy.types.PropertyGroup):
                           description="Image file of the style painting")
 
 
+_applying = False  # a preset is setting its values: they are not the editor's own changes
+
+
 def _apply_preset(self, _context):
-    for key, value in PRESETS[self.preset].items():
-        setattr(self, key, value)
+    global _applying
+    if self.preset not in PRESETS:  # Custom: the values stay as they are
+        return
+    _applying = True
+    try:
+        for key, value in PRESETS[self.preset].items():
+            setattr(self, key, value)
+    finally:
+        _applying = False
+
+
+def _leave_preset(self, _context):
+    """Editing a value the preset set makes the settings Custom (the preset no longer describes them)."""
+    preset = PRESETS.get(self.preset)
+    if not _applying and preset is not None and any(getattr(self, k) != v for k, v in preset.items()):
+        self.preset = "CUSTOM"
 
 
 class VSE_STYLE_PG_strip(bpy.types.PropertyGroup):
@@ -47,17 +64,18 @@ class VSE_STYLE_PG_strip(bpy.types.PropertyGroup):
                                       "seconds per frame on a CPU, many frames per second on a GPU"),
                ("PREVIEW", "Preview", "Optimized, small: 480 px wide, 100 iterations per frame"),
                ("FINAL", "Final", "Optimized at source resolution, 1000 iterations per frame (2000 for the "
-                                  "first)")])
+                                  "first)"),
+               ("CUSTOM", "Custom", "Your own method, width and iterations (set when you change a preset's)")])
     mode: EnumProperty(
-        name="Method", default="temporal",
+        name="Method", default="temporal", update=_leave_preset,
         items=[("fast", "Instant", "Ghiasi et al.'s arbitrary-style network, one pass per frame, steadied along "
                                    "the optical flow"),
                ("temporal", "Optimized", "Ruder et al.'s optimization: closest to the paintings, with temporal "
                                          "consistency; minutes per frame on a CPU, seconds on a GPU")])
-    width: IntProperty(name="Width", default=480, min=0, max=8192, subtype='PIXEL',
+    width: IntProperty(name="Width", default=480, min=0, max=8192, subtype='PIXEL', update=_leave_preset,
                        description="Processing width in pixels (0: the source's own); the height keeps "
                                    "the aspect ratio")
-    iterations: IntProperty(name="Iterations", default=100, min=1, max=5000,
+    iterations: IntProperty(name="Iterations", default=100, min=1, max=5000, update=_leave_preset,
                             description="Optimizer iterations per frame (the first frame gets twice as many)")
     temporal_weight: FloatProperty(name="Temporal Weight", default=1000.0, min=0.0, soft_max=10000.0,
                                    description="How strongly each frame follows the previous stylized "

@@ -608,6 +608,7 @@ def moved_and_renamed(tmp, address):
     jobs = addon().jobs
     record = lambda: bpy.context.scene.vse_style_jobs[0]  # noqa: E731
     submitted = _tick_until(lambda: record().state in ("queued", "running", "done"))
+    twice = call(bpy.ops.vse_style.stylize, wait=False)  # a second press on the same strip (issue 12.7)
     source = strips()["shot"]
     source.frame_start += 100
     source.name = "moved shot"
@@ -617,7 +618,8 @@ def moved_and_renamed(tmp, address):
     editor = scene.sequence_editor
     source = addon().compat.strips_all(editor)["moved shot"]
     new = addon().compat.strips_all(editor).get(record().result)
-    return {"submitted": submitted, "finished": finished, "state": record().state, "error": record().error,
+    return {"submitted": submitted, "twice": twice, "rows": len(scene.vse_style_jobs),
+            "finished": finished, "state": record().state, "error": record().error,
             "source_range": [source.frame_final_start, source.frame_final_end], "source_channel": source.channel,
             "range": [new.frame_final_start, new.frame_final_end] if new else None,
             "channel": new.channel if new else None, "record_source": record().source,
@@ -876,9 +878,11 @@ def preview_and_instant(tmp, address):
     _draw(bpy.types.VSE_STYLE_PT_preview, drawn)
     jobs_made = engine_jobs() - jobs_before
     # the Instant preset: the whole strip through the engine's fast mode
+    source.vse_style.preset = "PREVIEW"
     source.vse_style.preset = "INSTANT"
-    preset = {"mode": source.vse_style.mode, "width": source.vse_style.width}
+    preset = {"mode": source.vse_style.mode, "width": source.vse_style.width, "name": source.vse_style.preset}
     source.vse_style.width = 48
+    preset["after_edit"] = source.vse_style.preset  # issue 12.7: no longer what the preset says
     stylized = call(bpy.ops.vse_style.stylize)
     record = scene.vse_style_jobs[-1]
     report = _new_strip_report(scene, record)

@@ -25,7 +25,9 @@ def run_case(name, timeout=300, env=None, **arguments):
                           capture_output=True, text=True, timeout=timeout, env=env)
     lines = [line for line in done.stdout.splitlines() if line.startswith("RESULT: ")]
     assert done.returncode == 0 and lines, f"case {name} failed:\n{done.stdout[-4000:]}\n{done.stderr[-6000:]}"
-    return json.loads(lines[-1][len("RESULT: "):])
+    result = json.loads(lines[-1][len("RESULT: "):])
+    result["_printed"] = [line for line in done.stdout.splitlines() if line.startswith("vse_style: ")]
+    return result
 
 
 def flat(rows):
@@ -217,6 +219,10 @@ def test_round_trip_with_a_local_engine(tmp_path):
     assert result["source"] == result["before"]
     assert result["temp_scenes"] == [] and not result["torch"]
     assert result["engine_pid"] is not None
+    # blender -b has no panel: progress comes as lines on stdout (issue 12.7)
+    printed = result["_printed"]
+    assert any("shot: Uploading" in line for line in printed) and any("shot: Frame 3/3" in line for line in printed)
+    assert len(printed) < 40, "one line per step, not one per progress event"
 
 
 def test_job_failed_by_the_engine_reports_its_reason(tmp_path):
@@ -263,6 +269,7 @@ def test_result_lands_over_the_source_after_it_moved_and_was_renamed(tmp_path, e
     """Issue 12.1: the result went to the old frames (moved source) or lost its slots and keys (renamed)."""
     result = run_case("moved_and_renamed", tmp=str(tmp_path), address=engine.address)
     assert result["submitted"] and result["finished"] and result["state"] == "done", result["error"]
+    assert result["twice"][0] == [] and "being stylized already" in result["twice"][1] and result["rows"] == 1
     assert result["range"] == result["source_range"] == [106, 109]
     assert result["channel"] > result["source_channel"] and result["record_source"] == "moved shot"
     assert result["slots"] == result["source_slots"] and len(result["slots"]) == 2
@@ -297,7 +304,7 @@ def test_preview_shows_one_painted_frame_and_instant_runs_the_fast_mode(tmp_path
     assert (["icon", 8.0] in result["drawn"]) == (result["icon_id"] > 0)  # headless Blender makes no icons
     assert result["source"] == result["before"], "a preview leaves the strip alone"
     # Instant: mode fast at source width; the job runs the fast mode and comes back as a strip
-    assert result["preset"] == {"mode": "fast", "width": 0}
+    assert result["preset"] == {"mode": "fast", "width": 0, "name": "INSTANT", "after_edit": "CUSTOM"}
     assert result["stylized"][0] == ["FINISHED"], result["stylized"][1]
     assert result["engine_options"]["mode"] == "fast"
     assert result["state"] == "done" and result["files"] == [f"frame_{i:06d}.png" for i in (1, 2, 3)]
