@@ -18,7 +18,7 @@ The pipeline is frames -> flow -> masks -> optimize -> frames (:mod:`engine_serv
 with pipeline.py (the modes and the API), options.py, cli.py, bench.py and demo.py at the top. Lower rooms
 never import higher ones (tests/test_layout.py checks it).
 """
-from .errors import Cancelled, FlowBackendUnavailable, InputError, WeightsUnavailable
+from .errors import Cancelled, FlowBackendUnavailable, InputError, OutOfMemory, WeightsUnavailable
 from .options import StylizeOptions
 from .pipeline import FrameResult, Progress, Stylizer, painting_pixels, resolve_device, stylize
 from .style.keyframes import load_style_weights
@@ -26,4 +26,5 @@ from .style.targets import fit_style
 
 __version__ = "0.1.0"
 __all__ = ["stylize", "Stylizer", "StylizeOptions", "FrameResult", "Progress", "load_style_weights", "resolve_device",
-           "painting_pixels", "fit_style", "Cancelled", "InputError", "WeightsUnavailable", "FlowBackendUnavailable"]
+           "painting_pixels", "fit_style", "Cancelled", "InputError", "OutOfMemory", "WeightsUnavailable",
+           "FlowBackendUnavailable"]

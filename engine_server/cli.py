@@ -14,7 +14,7 @@ from pathlib import Path
 from tqdm import tqdm
 
 from .arguments import Parser, add_stylize_options, options_from_args
-from .errors import FlowBackendUnavailable, InputError, WeightsUnavailable
+from .errors import FlowBackendUnavailable, InputError, OutOfMemory, WeightsUnavailable
 from .io.frames import finished_frames, frame_filename, open_frames, read_image, write_frame, write_video
 from .io.report import write_report
 from .pipeline import Progress, Stylizer
@@ -137,7 +137,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "stylize":
             return run_stylize(args)
         return run_consistency(args)
-    except (InputError, WeightsUnavailable, FlowBackendUnavailable) as exc:
+    except (InputError, WeightsUnavailable, FlowBackendUnavailable, OutOfMemory) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     except (ValueError, OSError) as exc:

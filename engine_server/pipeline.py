@@ -18,7 +18,7 @@ from typing import Callable, Iterator, Sequence
 import numpy as np
 import torch
 
-from .errors import Cancelled, InputError
+from .errors import Cancelled, InputError, out_of_memory
 from .feedforward.stabilize import FlowStabilizer
 from .feedforward.stylizer import FeedForwardStylizer, to_unit
 from .feedforward.weights import load_arbitrary_style_network
@@ -171,14 +171,20 @@ class Stylizer:
         style_weights = per_frame_weights(weights, count, len(self.style_images))
         torch.manual_seed(self.options.seed)
         np.random.seed(self.options.seed)
-        run = _Run(self, source, style_weights, dict(done or {}))
-        del done  # the run holds each earlier image only until it has been used
-        if self.fast:
-            yield from run.fast()
-        elif self.options.mode == "multipass":
-            yield from run.multipass()
-        else:
-            yield from run.single_pass()
+        try:
+            run = _Run(self, source, style_weights, dict(done or {}))
+            del done  # the run holds each earlier image only until it has been used
+            if self.fast:
+                yield from run.fast()
+            elif self.options.mode == "multipass":
+                yield from run.multipass()
+            else:
+                yield from run.single_pass()
+        except (RuntimeError, MemoryError) as exc:  # an allocator's message becomes one that says what to do
+            oom = out_of_memory(exc, source.size, self.device)
+            if oom is None:
+                raise
+            raise oom from exc
 
 
 class _Run:

@@ -165,3 +165,28 @@ def test_warm_start_window_stops_a_converged_frame_early():
     warm = optimize_frame(content, still, net, OptimizerSettings(200, tolerance_interval=WARM_STOP_WINDOW,
                                                                  tolerance=1e-4 * WARM_STOP_WINDOW / 50))
     assert reference.iterations == 51 and warm.iterations == WARM_STOP_WINDOW + 1
+
+
+def test_running_out_of_memory_says_what_to_change(monkeypatch):
+    """Issue 12.4: a 12-megapixel strip failed with a raw allocator message."""
+    from engine_server import OutOfMemory
+    from engine_server.pipeline import _Run
+
+    def allocation_fails(self):
+        raise RuntimeError("DefaultCPUAllocator: can't allocate memory: you tried to allocate 3072151040 bytes")
+        yield  # a generator, like the real one
+
+    monkeypatch.setattr(_Run, "single_pass", allocation_fails)
+    stylizer = Stylizer([style_image()], StylizeOptions(mode="per-frame", iterations=1, first_iterations=1))
+    with pytest.raises(OutOfMemory) as failure:
+        list(stylizer.run(moving_clip(2)))
+    assert "ran out of memory stylizing 40x32 frames" in str(failure.value) and "20 px" in str(failure.value)
+    assert "allocate" not in str(failure.value)
+
+    def another_bug(self):
+        raise RuntimeError("shapes do not match")
+        yield
+
+    monkeypatch.setattr(_Run, "single_pass", another_bug)
+    with pytest.raises(RuntimeError, match="shapes do not match"):  # anything else passes through as it was
+        list(stylizer.run(moving_clip(2)))

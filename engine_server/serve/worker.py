@@ -106,7 +106,7 @@ class Worker(threading.Thread):
 
     def _stylize(self, ticket: Ticket) -> tuple[str, dict | None]:
         from .. import StylizeOptions, Stylizer  # the engine's public API, loaded on the worker thread
-        from ..errors import Cancelled, FlowBackendUnavailable, InputError, WeightsUnavailable
+        from ..errors import Cancelled, FlowBackendUnavailable, InputError, OutOfMemory, WeightsUnavailable
         from ..io.frames import read_image
 
         job = ticket.job
@@ -140,6 +140,8 @@ class Worker(threading.Thread):
                 self._send({"event": "frame", "job": job.id, "index": result.index, **meta}, [png])
         except Cancelled:
             return ("cancelled", None) if ticket.cancel.is_set() else ("stopped", None)
+        except OutOfMemory as exc:
+            return "failed", {"code": "out_of_memory", "message": str(exc), "field": None}
         except (InputError, WeightsUnavailable, FlowBackendUnavailable) as exc:
             # the engine's paths are its own business: a client sees them relative to the job's folder
             message = str(exc).replace(str(job.dir) + os.sep, "")
