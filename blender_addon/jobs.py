@@ -377,12 +377,25 @@ def read_styles(strip) -> list:
     return styles
 
 
+ENGINE_STYLE_WEIGHT = 100.0  # the engine's default style_weight, which Style Strength multiplies
+
+
 def _options(settings) -> dict:
     if settings.mode == "fast":  # the feed-forward network: no iterations, no temporal weight
-        return {"mode": "fast", "preserve_colors": settings.preserve_colors, "flow": settings.flow}
+        return {"mode": "fast", "preserve_colors": settings.preserve_colors, "flow": settings.flow,
+                "style_scale": settings.brush_scale}
     return {"mode": "temporal", "iterations": settings.iterations, "first_iterations": 2 * settings.iterations,
             "temporal_weight": settings.temporal_weight, "preserve_colors": settings.preserve_colors,
-            "flow": settings.flow}
+            "flow": settings.flow, "style_scale": settings.brush_scale,
+            "style_weight": ENGINE_STYLE_WEIGHT * settings.style_strength}
+
+
+def strength_weights(settings, weights) -> list:
+    """The instant network has no style weight: a strength below 1 fades toward the footage through the
+    style weights (a sum below 1 blends toward the frame's own style), above 1 changes nothing."""
+    if settings.mode != "fast" or settings.style_strength >= 1.0:
+        return weights
+    return [[w * settings.style_strength for w in row] for row in weights]
 
 
 def output_folder(scene, strip_name: str, uid: str) -> str:
@@ -411,7 +424,7 @@ def start(scene, strip, settings, background=False) -> Run:
     except BaseException:
         shutil.rmtree(inputs, ignore_errors=True)
         raise
-    weights = sample_weights(scene, strip, exporter.frames)
+    weights = strength_weights(options, sample_weights(scene, strip, exporter.frames))
     record = scene.vse_style_jobs.add()
     record.uid, record.name, record.source, record.state = uid, strip.name, strip.name, "exporting"
     record.source_key, record.source_frame_start = reimport.strip_key(scene, strip), strip.frame_start

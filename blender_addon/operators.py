@@ -180,7 +180,8 @@ network) and show it in the Stylize tab; nothing is added to the edit"""
 
     def execute(self, context):
         strip = active_strip(context)
-        options = {"preserve_colors": strip.vse_style.preserve_colors} if strip is not None else {}
+        options = {"preserve_colors": strip.vse_style.preserve_colors,
+                   "style_scale": strip.vse_style.brush_scale} if strip is not None else {}
         try:
             preview.start(compat.sequencer_scene(context), strip, link_settings(context),
                           strip.vse_style.width if strip is not None else 0, options, background=_blocking(self))

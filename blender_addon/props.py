@@ -80,6 +80,13 @@ class VSE_STYLE_PG_strip(bpy.types.PropertyGroup):
     temporal_weight: FloatProperty(name="Temporal Weight", default=1000.0, min=0.0, soft_max=10000.0,
                                    description="How strongly each frame follows the previous stylized "
                                                "frames along the optical flow (less flicker)")
+    style_strength: FloatProperty(
+        name="Style Strength", default=1.0, min=0.1, max=10.0, soft_min=0.25, soft_max=4.0,
+        description="How far the result goes from the footage toward the paintings: below 1 keeps more of the "
+                    "footage, above 1 paints more over it")
+    brush_scale: FloatProperty(
+        name="Brush Scale", default=1.0, min=0.25, max=4.0,
+        description="Size of the paintings' brush strokes on the frame: 2 paints strokes twice as large")
     preserve_colors: BoolProperty(name="Preserve Colors", default=False,
                                   description="Transfer the painting's brush work only, keep the footage's "
                                               "colours")

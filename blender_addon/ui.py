@@ -24,7 +24,7 @@ class VSE_STYLE_UL_slots(bpy.types.UIList):
         name = os.path.basename(bpy.path.abspath(item.image)) if item.image else "(choose a painting)"
         row.label(text=name, icon='IMAGE_DATA')
         if strip is not None:
-            row.prop(strip, weight_prop(index), text="")
+            row.prop(strip, weight_prop(index), text="Weight")
 
 
 class VSE_STYLE_UL_jobs(bpy.types.UIList):
@@ -116,9 +116,25 @@ class VSE_STYLE_PT_options(SidebarPanel, bpy.types.Panel):
         layout.use_property_split = True
         settings = _strip(context).vse_style
         layout.row().prop(settings, "preset", expand=True)
-        layout.prop(settings, "mode")
-        names = ("width", "preserve_colors", "flow") if settings.mode == "fast" else \
-            ("width", "iterations", "temporal_weight", "preserve_colors", "flow")
+        for name in ("mode", "width", "style_strength", "brush_scale", "preserve_colors"):
+            layout.prop(settings, name)
+
+
+class VSE_STYLE_PT_advanced(SidebarPanel, bpy.types.Panel):
+    """What only some editors change: iterations, temporal weight, optical flow, the output folder."""
+    bl_label = "Advanced"
+    bl_parent_id = "VSE_STYLE_PT_options"
+    bl_options = {'DEFAULT_CLOSED'}
+
+    @classmethod
+    def poll(cls, context):
+        return _strip(context) is not None
+
+    def draw(self, context):
+        layout = self.layout
+        layout.use_property_split = True
+        settings = _strip(context).vse_style
+        names = ("flow",) if settings.mode == "fast" else ("iterations", "temporal_weight", "flow")
         for name in names:
             layout.prop(settings, name)
         layout.prop(compat.sequencer_scene(context), "vse_style_output")
@@ -156,6 +172,6 @@ class VSE_STYLE_PT_jobs(SidebarPanel, bpy.types.Panel):
 
 
 CLASSES = (VSE_STYLE_UL_slots, VSE_STYLE_UL_jobs, VSE_STYLE_PT_stylize, VSE_STYLE_PT_preview, VSE_STYLE_PT_options,
-           VSE_STYLE_PT_jobs)
+           VSE_STYLE_PT_advanced, VSE_STYLE_PT_jobs)
 
 register, unregister = bpy.utils.register_classes_factory(CLASSES)

@@ -500,6 +500,7 @@ def roundtrip_local(tmp, port):
     prefs.engine_mode, prefs.python, prefs.port = "LOCAL", sys.executable, port
     prefs.jobs_dir, prefs.timeout = os.path.join(tmp, "jobs"), 30.0
     scene, source, frames = _clip_scene(tmp)
+    source.vse_style.style_strength = 2.0  # twice the engine's style weight
     before = strip_state(source)
     test = call(bpy.ops.vse_style.test_connection)
     status = prefs.status
@@ -811,7 +812,8 @@ class _Drawn:
 def ui_draw(tmp):
     """Every panel of the Stylize tab and the preferences, in the states an editor meets."""
     scene, source, record = _finished_job(tmp)
-    panels = [bpy.types.VSE_STYLE_PT_stylize, bpy.types.VSE_STYLE_PT_options, bpy.types.VSE_STYLE_PT_jobs]
+    panels = [bpy.types.VSE_STYLE_PT_stylize, bpy.types.VSE_STYLE_PT_options, bpy.types.VSE_STYLE_PT_advanced,
+              bpy.types.VSE_STYLE_PT_jobs]
     draws = {"empty": []}
     scene.sequence_editor.active_strip = None
     for panel in panels:

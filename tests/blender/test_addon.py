@@ -210,6 +210,7 @@ def test_round_trip_with_a_local_engine(tmp_path):
     assert result["size"] == [48, 36] and result["name"] == "shot"
     assert result["weights"] == [[1.0, 0.5], [0.5, 0.5], [0.0, 0.5]]
     assert result["options"]["iterations"] == 2 and result["options"]["mode"] == "temporal"
+    assert result["options"]["style_weight"] == 200.0 and result["options"]["style_scale"] == 1.0
     assert result["inputs_equal"] == [True, True, True]  # elements 1..3 of the trimmed source, unchanged
     # the new strip: first free channel above the source (2 is taken over frames 7..11), frames 6..8
     assert result["state"] == "done" and result["result"] == "shot stylized"
@@ -341,6 +342,10 @@ def test_panels_and_preferences_draw(tmp_path):
     done = draws["done"]
     assert ["list", "VSE_STYLE_UL_slots", 2] in done and ["prop", "vse_style_w0"] in done
     assert ["operator", "vse_style.stylize"] in done and ["prop", "iterations"] in done
+    # issue 12.8: what an editor thinks in comes first; iterations and the rest sit under Advanced
+    front = [e for e in done if e[0] == "prop"]
+    assert front.index(["prop", "style_strength"]) < front.index(["prop", "iterations"])
+    assert ["prop", "brush_scale"] in done
     assert ["list", "VSE_STYLE_UL_jobs", 3] in done and ["operator", "vse_style.job_import"] in done
     assert ["label", "Job failed on the engine: boom"] in draws["failed"]
     assert ["operator", "vse_style.job_resume"] in draws["interrupted"]
