@@ -406,6 +406,28 @@ def output_folder(scene, strip_name: str, uid: str) -> str:
     return f"{root.rstrip('/')}/{bpy.path.clean_name(strip_name)}/{uid}/"
 
 
+def job_frames(scene, strip) -> list:
+    """The scene frames a job of ``strip`` covers: all it shows, or those inside the preview range."""
+    frames = list(export.frame_range(strip))
+    if strip.vse_style.frame_range != "PREVIEW":
+        return frames
+    if not scene.use_preview_range:
+        raise JobError("Frames: Preview Range, but the scene has none (Timeline: View > Set Preview Range, or P)")
+    first, last = scene.frame_preview_start, scene.frame_preview_end
+    inside = [f for f in frames if first <= f <= last]
+    if not inside:
+        raise JobError(f"'{strip.name}' shows no frame inside the preview range {first}-{last}")
+    return inside
+
+
+def summary(options, size) -> str:
+    """'Optimized · 480x270 · 100 it' / 'Instant · 1920x1080': what a job row was made with."""
+    words = ["Instant" if options.mode == "fast" else "Optimized", f"{size[0]}x{size[1]}"]
+    if options.mode != "fast":
+        words.append(f"{options.iterations} it")
+    return " · ".join(words)
+
+
 def start(scene, strip, settings, background=False) -> Run:
     """Validate, then start stylizing ``strip``; the run advances in tick()."""
     if strip is None:
@@ -418,9 +440,10 @@ def start(scene, strip, settings, background=False) -> Run:
     uid = uuid.uuid4().hex[:8]
     out_dir = output_folder(scene, strip.name, uid)
     check_output_folder(out_dir)
+    frames = job_frames(scene, strip)
     inputs = tempfile.mkdtemp(prefix="vse_style_")
     try:
-        exporter = export.Exporter(scene, strip, inputs, options.width)
+        exporter = export.Exporter(scene, strip, inputs, options.width, frames=frames)
     except BaseException:
         shutil.rmtree(inputs, ignore_errors=True)
         raise
@@ -428,6 +451,7 @@ def start(scene, strip, settings, background=False) -> Run:
     record = scene.vse_style_jobs.add()
     record.uid, record.name, record.source, record.state = uid, strip.name, strip.name, "exporting"
     record.source_key, record.source_frame_start = reimport.strip_key(scene, strip), strip.frame_start
+    record.replace, record.summary = options.replace_result, summary(options, exporter.size)
     record.frame_start, record.frame_count = exporter.frames[0], len(exporter.frames)
     record.channel, record.out_dir = strip.channel, out_dir
     record.width, record.height = exporter.size

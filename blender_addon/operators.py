@@ -164,6 +164,40 @@ class VSE_STYLE_OT_stylize(bpy.types.Operator):
         return _finish(self, run)
 
 
+class VSE_STYLE_OT_stylize_selected(bpy.types.Operator):
+    """Stylize every selected strip that has style paintings, each with its own settings (the engine runs
+    them one after the other)"""
+    bl_idname = "vse_style.stylize_selected"
+    bl_label = "Stylize Selected"
+    bl_options = {'REGISTER', 'UNDO'}
+
+    wait: BoolProperty(name="Wait", default=True, options={'HIDDEN', 'SKIP_SAVE'},
+                       description="In background mode, return only when every result is imported")
+
+    @classmethod
+    def poll(cls, context):
+        return compat.sequencer_scene(context) is not None
+
+    def execute(self, context):
+        scene = compat.sequencer_scene(context)
+        editor = scene.sequence_editor
+        chosen = [s for s in compat.strips_all(editor) if s.select and len(s.vse_style.slots)] if editor else []
+        if not chosen:
+            self.report({'ERROR'}, "Select the strips to stylize (each with at least one style painting)")
+            return {'CANCELLED'}
+        runs, problems = [], []
+        for strip in sorted(chosen, key=lambda s: (s.frame_final_start, s.channel)):
+            try:
+                runs.append(jobs.start(scene, strip, link_settings(context), background=_blocking(self)))
+            except EXPECTED as exc:
+                problems.append(f"{strip.name}: {exc}")
+        if _blocking(self):
+            problems += [f"{run.info.get('name')}: {error}" for run in runs if (error := jobs.wait(run))]
+        if problems:
+            self.report({'ERROR'} if not runs else {'WARNING'}, "; ".join(problems))
+        return {'FINISHED'} if runs else {'CANCELLED'}
+
+
 class VSE_STYLE_OT_preview(bpy.types.Operator):
     """Paint the frame under the playhead with the strip's styles and weights on the engine (the instant
 network) and show it in the Stylize tab; nothing is added to the edit"""
@@ -423,6 +457,7 @@ class VSE_STYLE_OT_notify(bpy.types.Operator):
 
 
 CLASSES = (VSE_STYLE_OT_slot_add, VSE_STYLE_OT_slot_remove, VSE_STYLE_OT_slot_move, VSE_STYLE_OT_stylize,
+           VSE_STYLE_OT_stylize_selected,
            VSE_STYLE_OT_preview, VSE_STYLE_OT_cancel, VSE_STYLE_OT_job_import, VSE_STYLE_OT_job_resume,
            VSE_STYLE_OT_job_import_finished, VSE_STYLE_OT_job_continue, VSE_STYLE_OT_job_remove,
            VSE_STYLE_OT_test_connection, VSE_STYLE_OT_notify)

@@ -80,6 +80,15 @@ class VSE_STYLE_PG_strip(bpy.types.PropertyGroup):
     temporal_weight: FloatProperty(name="Temporal Weight", default=1000.0, min=0.0, soft_max=10000.0,
                                    description="How strongly each frame follows the previous stylized "
                                                "frames along the optical flow (less flicker)")
+    frame_range: EnumProperty(
+        name="Frames", default="STRIP",
+        items=[("STRIP", "Whole Strip", "Every frame of the strip that shows in the edit"),
+               ("PREVIEW", "Preview Range", "Only the strip's frames inside the scene's preview range (Timeline: "
+                                            "View > Set Preview Range, or P)")])
+    replace_result: BoolProperty(
+        name="Replace Previous Result", default=False,
+        description="Put the new result where this strip's last result was, and remove that one, instead of "
+                    "stacking a new strip on the next free channel")
     style_strength: FloatProperty(
         name="Style Strength", default=1.0, min=0.1, max=10.0, soft_min=0.25, soft_max=4.0,
         description="How far the result goes from the footage toward the paintings: below 1 keeps more of the "
@@ -120,6 +129,8 @@ class VSE_STYLE_PG_job(bpy.types.PropertyGroup):
     progress_text: StringProperty()
     error: StringProperty()
     result: StringProperty()       # name of the imported strip
+    replace: BoolProperty()        # the result replaces the source's previous result
+    summary: StringProperty()      # the settings in a few words, for the jobs list
     created: FloatProperty()
 
 

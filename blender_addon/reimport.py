@@ -54,6 +54,21 @@ def find_source(editor, record):
     return everything.get(record.source)
 
 
+def _remove_previous_result(scene, editor, record):
+    """Remove the strip the source's latest earlier job imported; its channel, or None if there was none."""
+    earlier = [r for r in scene.vse_style_jobs if r.uid != record.uid and r.result and r.source_key
+               and r.source_key == record.source_key]
+    everything = compat.strips_all(editor)
+    for previous in sorted(earlier, key=lambda r: r.created, reverse=True):
+        strip = everything.get(previous.result)
+        if strip is not None:
+            channel = strip.channel
+            compat.container_of(editor, strip).remove(strip)
+            previous.result = ""
+            return channel
+    return None
+
+
 def _place_like(strip, source, size, source_size):
     """Show the (processing-size) frames where the source shows its full-size media."""
     sx, sy = source_size[0] / size[0], source_size[1] / size[1]
@@ -91,7 +106,12 @@ def import_result(scene, record, count: int | None = None):
         if record.source_key:  # the source moved while the job ran: land over it where it is now
             start += round(source.frame_start - record.source_frame_start)
     end = start + count
-    channel = free_channel(collection, source.channel if source else record.channel, start, end)
+    replaced = _remove_previous_result(scene, editor, record) if record.replace else None
+    if replaced is not None and not any(s.channel == replaced and s.frame_final_start < end and start < s.frame_final_end
+                                        for s in collection):
+        channel = replaced
+    else:
+        channel = free_channel(collection, source.channel if source else record.channel, start, end)
     folder = bpy.path.abspath(record.out_dir)
     name = f"{record.name} stylized" + (f" ({count} of {record.frame_count})" if partial else "")
     strip = collection.new_image(name=name, filepath=os.path.join(folder, frame_name(1)),

@@ -1,5 +1,6 @@
 """The Stylize tab of the Sequencer sidebar."""
 import os
+import time
 
 import bpy
 
@@ -33,7 +34,9 @@ class VSE_STYLE_UL_jobs(bpy.types.UIList):
     def draw_item(self, context, layout, data, item, icon, active_data, active_property, index=0, flt_flag=0):
         state = jobs.display_state(item)
         row = layout.row()
-        row.label(text=item.name, icon=STATE_ICONS.get(state, 'TIME'))
+        when = time.strftime("%H:%M", time.localtime(item.created)) if item.created else ""
+        row.label(text=f"{item.name} · {when}", icon=STATE_ICONS.get(state, 'TIME'))
+        row.label(text=item.summary or f"{item.width}x{item.height}")
         row.label(text=f"{state} {item.finished}/{item.frame_count}")
 
 
@@ -80,6 +83,10 @@ class VSE_STYLE_PT_stylize(SidebarPanel, bpy.types.Panel):
             row.scale_y = 1.3
             row.operator("vse_style.stylize", icon='BRUSH_DATA')
             row.operator("vse_style.preview", icon='HIDE_OFF')
+            selected = [s for s in compat.strips_all(compat.sequencer_scene(context).sequence_editor)
+                        if s.select and len(s.vse_style.slots)]
+            if len(selected) > 1:
+                layout.operator("vse_style.stylize_selected", text=f"Stylize {len(selected)} Selected")
 
 
 class VSE_STYLE_PT_preview(SidebarPanel, bpy.types.Panel):
@@ -116,7 +123,8 @@ class VSE_STYLE_PT_options(SidebarPanel, bpy.types.Panel):
         layout.use_property_split = True
         settings = _strip(context).vse_style
         layout.row().prop(settings, "preset", expand=True)
-        for name in ("mode", "width", "style_strength", "brush_scale", "preserve_colors"):
+        for name in ("mode", "width", "style_strength", "brush_scale", "preserve_colors", "frame_range",
+                     "replace_result"):
             layout.prop(settings, name)
 
 

@@ -569,6 +569,45 @@ def cancel(tmp, address):
     return report
 
 
+def scope(tmp, address):
+    """Issue 12.5: a preview range, then replacing the previous result, then two selected strips."""
+    prefs = bpy_case.enable()
+    _remote(prefs, address)
+    scene, source, frames = _clip_scene(tmp)  # "shot": frames 6..8
+    editor = scene.sequence_editor
+    everything = lambda: addon().compat.strips_all(editor)  # noqa: E731
+    report = {}
+
+    def result_of(record):
+        strip = everything().get(record.result)
+        return [strip.frame_final_start, strip.frame_final_end, strip.channel] if strip else None
+
+    scene.use_preview_range, scene.frame_preview_start, scene.frame_preview_end = True, 7, 20
+    source.vse_style.frame_range = "PREVIEW"
+    report["ranged"] = call(bpy.ops.vse_style.stylize)
+    ranged = scene.vse_style_jobs[-1]
+    report["ranged_job"] = [ranged.frame_count, ranged.frame_start, result_of(ranged), ranged.summary]
+    source = everything()["shot"]
+    source.vse_style.frame_range = "STRIP"
+    source.vse_style.replace_result = True
+    editor.active_strip = source  # the import made its result the active strip
+    report["replaced"] = call(bpy.ops.vse_style.stylize)
+    replacing = scene.vse_style_jobs[-1]
+    report["replacing_job"] = result_of(replacing)
+    report["old_result_left"] = ranged.result
+    report["stylized_strips"] = sorted(s.name for s in everything() if "stylized" in s.name)
+    # a second strip with a painting of its own; both selected
+    second = image_strip(os.path.join(tmp, "src"), 3, name="second", channel=5, frame_start=30)
+    add_slots(second, [write_style(os.path.join(tmp, "s3.png"), 3)])
+    second.vse_style.width, second.vse_style.iterations = 32, 2
+    for strip in everything():
+        strip.select = strip.name in ("shot", "second")
+    before = len(scene.vse_style_jobs)
+    report["both"] = call(bpy.ops.vse_style.stylize_selected)
+    report["both_jobs"] = sorted((r.name, r.state, r.frame_count) for r in list(scene.vse_style_jobs)[before:])
+    return report
+
+
 def cancel_import_continue(tmp, address):
     """Issue 12.2: after a cancel, import the finished frames, then continue the job to its end."""
     prefs = bpy_case.enable()

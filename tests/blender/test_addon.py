@@ -251,6 +251,20 @@ def test_cancel_a_running_job(tmp_path, engine):
     assert result["after_remove"] == "unknown_job"
 
 
+def test_frame_range_replace_previous_and_selected_strips(tmp_path, engine):
+    """Issue 12.5: only whole strips, one at a time, each result stacked on a new channel."""
+    result = run_case("scope", tmp=str(tmp_path), address=engine.address)
+    assert result["ranged"][0] == ["FINISHED"], result["ranged"][1]
+    count, first, placed, summary = result["ranged_job"]
+    assert (count, first) == (2, 7) and placed[:2] == [7, 9], "only the frames inside the preview range"
+    assert summary == "Optimized · 48x36 · 2 it"
+    assert result["replaced"][0] == ["FINISHED"], result["replaced"][1]
+    assert result["replacing_job"] == [6, 9, placed[2]], "on the channel of the result it replaces"
+    assert result["old_result_left"] == "" and len(result["stylized_strips"]) == 1, result["stylized_strips"]
+    assert result["both"][0] == ["FINISHED"], result["both"][1]
+    assert result["both_jobs"] == [["second", "done", 3], ["shot", "done", 3]]
+
+
 def test_cancelled_job_imports_its_finished_frames_then_continues(tmp_path, engine):
     """Issue 12.2: after a cancel, Re-import said "nothing to import" and Resume did nothing."""
     result = run_case("cancel_import_continue", tmp=str(tmp_path), address=engine.address)
