@@ -331,6 +331,10 @@ def connect_async(settings: Settings) -> Future:
     return _in_thread(connect, settings)
 
 
+def connect_and_estimate_async(settings: Settings, *job) -> Future:
+    return _in_thread(connect_and_estimate, settings, *job)
+
+
 def check_async(settings: Settings) -> Future:
     return _in_thread(check, settings)
 
@@ -351,6 +355,36 @@ def explain(exc: BaseException) -> str:
     if isinstance(exc, api.EngineError):
         return f"The engine refused the request: {exc.message}"
     return f"{type(exc).__name__}: {exc}"
+
+
+def estimate(client, width: int, height: int, frame_count: int, options: dict) -> dict:
+    """What the job would cost on the engine (seconds, peak_bytes, fits, largest_width, ...); LinkError
+    with a sentence that says what to change when it would not fit or is larger than the engine takes."""
+    api = client_module()
+    try:
+        found = client.estimate(width, height, frame_count, options)
+    except api.EngineError as exc:
+        if exc.code == "unknown_type":  # an engine without estimates: go on without one
+            return {}
+        if exc.field == "width":
+            limit = (client.welcome or {}).get("limits", {}).get("max_frame_pixels", 0)
+            largest = int(width * (limit / (width * height)) ** 0.5) // 2 * 2 if limit else 0
+            raise LinkError(f"{width}x{height} frames are more than this engine takes: set the width to "
+                            f"{largest} px or less") from None
+        raise LinkError(explain(exc)) from None
+    except api.EngineUnavailable as exc:
+        raise LinkError(explain(exc)) from None
+    if not found.get("fits", True):
+        raise LinkError(f"At {width}x{height} this needs about {found['peak_bytes'] / 2**30:.1f} GB and the engine "
+                        f"({found.get('device')}) has {found['available_bytes'] / 2**30:.1f} GB free: set the width "
+                        f"to {found['largest_width']} px or less, or use the Instant method")
+    return found
+
+
+def connect_and_estimate(settings: Settings, width: int, height: int, frame_count: int, options: dict):
+    """connect(), then estimate() the job: (client, welcome, estimate); LinkError for either."""
+    client, welcome = connect(settings)
+    return client, welcome, estimate(client, width, height, frame_count, options)
 
 
 def continue_job(settings: Settings, job_id: str, token: str) -> str:

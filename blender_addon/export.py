@@ -142,6 +142,15 @@ def _solo(editor, target):
         strip.mute = True
 
 
+def job_size(scene, strip, width: int) -> tuple:
+    """The processing size a job of ``strip`` would have, without exporting anything (as Exporter
+    decides it: the media's size for strips read from their files, else the canvas's)."""
+    check_strip(strip)
+    if reads_source(strip):
+        return processing_size(*_media_size(strip), width)
+    return processing_size(scene.render.resolution_x, scene.render.resolution_y, width)
+
+
 class Exporter:
     """Writes ``frame_000001.png ...`` (1-based, in the strip's frame order) into ``folder``.
 

@@ -147,17 +147,25 @@ class Run:
         self.stage = "submit"
 
     def _connect(self):
+        # A new job is also estimated here: one that cannot fit is refused before anything is exported.
+        job = None
+        if self.job_request is not None:
+            job = (self.info["width"], self.info["height"], self.info["frame_count"], self.job_request[2])
         if self.background:
-            client, _welcome = engine_link.connect(self.settings)
+            found = engine_link.connect_and_estimate(self.settings, *job) if job else engine_link.connect(self.settings)
         else:
             if self.future is None:
-                self.future = engine_link.connect_async(self.settings)
+                self.future = (engine_link.connect_and_estimate_async(self.settings, *job) if job
+                               else engine_link.connect_async(self.settings))
                 self.update(progress_text="Connecting to the engine")
             if not self.future.done():
                 return
-            client, _welcome = self.future.result()  # raises the LinkError for the editor
-        self.client = client
+            found = self.future.result()  # raises the LinkError for the editor
+        self.client = found[0]
         if self.job_request is not None:
+            estimate = found[2]
+            if estimate.get("seconds") is not None:
+                self.update(summary=f"{self.info['summary']} · ~{_duration(estimate['seconds'])}")
             self.stage = "export"
             return
         self.link = engine_link.JobLink(client, self.info["job_id"], since=self.since, token=self.info["token"])
@@ -426,6 +434,27 @@ def summary(options, size) -> str:
     if options.mode != "fast":
         words.append(f"{options.iterations} it")
     return " · ".join(words)
+
+
+estimates: dict = {}  # strip name -> the engine's last estimate for it, as the panel shows it
+
+
+def estimate(scene, strip, settings) -> str:
+    """Ask the engine (blocking) what stylizing ``strip`` with its settings would take; one line, also
+    kept for the panel. JobError/LinkError when it cannot be done as set, saying what to change."""
+    if strip is None:
+        raise JobError("No active strip: select the strip to stylize in the Sequencer")
+    options = strip.vse_style
+    frames = job_frames(scene, strip)
+    width, height = export.job_size(scene, strip, options.width)
+    client, _welcome = engine_link.connect(settings)
+    found = engine_link.estimate(client, width, height, len(frames), _options(options))
+    if not found:
+        raise JobError("This engine gives no estimates (an older release)")
+    text = (f"About {_duration(found['seconds'])} for {len(frames)} frames at {width}x{height}, "
+            f"{found['peak_bytes'] / 2**30:.1f} of {found['available_bytes'] / 2**30:.1f} GB on {found['device']}")
+    estimates[strip.name] = text
+    return text
 
 
 def start(scene, strip, settings, background=False) -> Run:

@@ -164,6 +164,27 @@ class VSE_STYLE_OT_stylize(bpy.types.Operator):
         return _finish(self, run)
 
 
+class VSE_STYLE_OT_estimate(bpy.types.Operator):
+    """Ask the engine how long stylizing the active strip with these settings would take and how much
+    memory it needs (nothing is exported or sent but the sizes)"""
+    bl_idname = "vse_style.estimate"
+    bl_label = "Estimate"
+    bl_options = {'REGISTER'}
+
+    @classmethod
+    def poll(cls, context):
+        return active_strip(context) is not None
+
+    def execute(self, context):
+        try:
+            text = jobs.estimate(compat.sequencer_scene(context), active_strip(context), link_settings(context))
+        except EXPECTED as exc:
+            self.report({'ERROR'}, str(exc))
+            return {'CANCELLED'}
+        self.report({'INFO'}, text)
+        return {'FINISHED'}
+
+
 class VSE_STYLE_OT_stylize_selected(bpy.types.Operator):
     """Stylize every selected strip that has style paintings, each with its own settings (the engine runs
     them one after the other)"""
@@ -457,7 +478,7 @@ class VSE_STYLE_OT_notify(bpy.types.Operator):
 
 
 CLASSES = (VSE_STYLE_OT_slot_add, VSE_STYLE_OT_slot_remove, VSE_STYLE_OT_slot_move, VSE_STYLE_OT_stylize,
-           VSE_STYLE_OT_stylize_selected,
+           VSE_STYLE_OT_stylize_selected, VSE_STYLE_OT_estimate,
            VSE_STYLE_OT_preview, VSE_STYLE_OT_cancel, VSE_STYLE_OT_job_import, VSE_STYLE_OT_job_resume,
            VSE_STYLE_OT_job_import_finished, VSE_STYLE_OT_job_continue, VSE_STYLE_OT_job_remove,
            VSE_STYLE_OT_test_connection, VSE_STYLE_OT_notify)

@@ -83,6 +83,9 @@ class VSE_STYLE_PT_stylize(SidebarPanel, bpy.types.Panel):
             row.scale_y = 1.3
             row.operator("vse_style.stylize", icon='BRUSH_DATA')
             row.operator("vse_style.preview", icon='HIDE_OFF')
+            row.operator("vse_style.estimate", icon='TIME', text="")
+            if strip.name in jobs.estimates:
+                layout.label(text=jobs.estimates[strip.name], icon='TIME')
             selected = [s for s in compat.strips_all(compat.sequencer_scene(context).sequence_editor)
                         if s.select and len(s.vse_style.slots)]
             if len(selected) > 1:

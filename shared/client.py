@@ -255,6 +255,17 @@ class EngineClient:
             if after is None:
                 return jobs
 
+    def estimate(self, width: int, height: int, frame_count: int, options: dict | None = None) -> dict:
+        """What a job would cost on this engine before it is submitted (PROTOCOL.md, Estimates): seconds,
+        seconds_per_frame, peak_bytes, available_bytes, fits, largest_width, device. The engine's first
+        estimate for a method measures it (seconds); later ones are immediate."""
+        timeout, self.timeout = self.timeout, max(self.timeout, 60.0)
+        try:
+            return _fields(self._request({"type": "estimate", "width": width, "height": height,
+                                          "frame_count": frame_count, "options": dict(options or {})}))
+        finally:
+            self.timeout = timeout
+
     def continue_job(self, job_id: str, token: str | None = None) -> dict:
         """Run a cancelled or failed job again after the frames it finished; its status (``queued``)."""
         return _fields(self._request(_owned({"type": "continue_job", "job": job_id}, token)))

@@ -395,6 +395,23 @@ def _preview(h, blobs, limits):
             raise ProtocolError("bad_field", f"style image {i} is empty", f"styles[{i}]")
 
 
+def _estimate(h, blobs, limits):
+    """What a job of this size and these options would cost on the engine, before it is submitted."""
+    width, height = _size_fields(h, limits)
+    if width * height > limits.max_frame_pixels:
+        raise ProtocolError("bad_field", f"frames of {width}x{height} are more than the {limits.max_frame_pixels} "
+                                         f"pixels this engine takes", "width")
+    _need(h, "frame_count", _int_range(1, limits.max_frames), f"an integer from 1 to {limits.max_frames}")
+    options = _need(h, "options", lambda v: isinstance(v, dict), "a map", optional=True) or {}
+    for key, value in options.items():
+        if key not in OPTION_CHECKS:
+            raise ProtocolError("bad_field", f"unknown option {clip(key)}", f"options.{str(key)[:32]}")
+        check, what = OPTION_CHECKS[key]
+        if not check(value):
+            raise ProtocolError("bad_field", f"option '{key}' must be {what}", f"options.{key}")
+    _blobs(blobs, 0, "none")
+
+
 def _attach(h, blobs, limits):
     _need(h, "job", JOB_ID, "a job id")
     _need(h, "since", _int_range(0, limits.max_frames), "an integer >= 0", optional=True)
@@ -421,7 +438,7 @@ def _fetch(h, blobs, limits):
 REQUESTS: dict[str, Callable] = {
     "hello": _hello, "ping": _no_fields, "submit": _submit, "upload": _frame_message, "attach": _attach,
     "detach": _job_only, "status": _job_only, "list_jobs": _list_jobs, "fetch": _fetch, "cancel": _job_only,
-    "delete_job": _job_only, "continue_job": _job_only, "preview": _preview,
+    "delete_job": _job_only, "continue_job": _job_only, "preview": _preview, "estimate": _estimate,
 }
 
 
@@ -485,6 +502,9 @@ REPLIES: dict[str, Callable] = {
     "fetched": lambda h, b, l: (_need(h, "job", JOB_ID, "a job id"),
                                 _need(h, "indices", lambda v: isinstance(v, list), "a list")),
     "previewed": _previewed, "error": _error,
+    "estimated": lambda h, b, l: (_need(h, "seconds", _is_number, "a number"),
+                                  _need(h, "peak_bytes", _int_range(0), "an integer >= 0"),
+                                  _need(h, "fits", lambda v: isinstance(v, bool), "true or false")),
 }
 
 

@@ -19,7 +19,7 @@ from engine_process import PROJECT_ROOT, TINY, clip, decode, free_port, png, sty
 from engine_server.io.frames import write_atomic
 from engine_server.serve.jobs import JobStore, store_input
 from test_protocol import malformed_messages
-from vse_style_shared.client import EngineUnavailable
+from vse_style_shared.client import EngineError, EngineUnavailable
 from vse_style_shared.protocol import PROTOCOL_VERSION, ProtocolError, pack, unpack
 
 
@@ -533,3 +533,18 @@ def test_jobs_dir_is_held_by_one_engine(engines):
     result = run_cli("serve", "--bind", f"tcp://127.0.0.1:{free_port()}", "--jobs-dir", engine.jobs_dir,
                      "--device", "cpu")
     assert result.returncode == 2 and "in use" in result.stderr
+
+
+def test_estimate_answers_time_and_memory_before_a_job(engine):
+    """Issue 12.4 on the engine's side: what a job would cost, from one iteration timed on the device."""
+    with engine.client() as client:
+        small = client.estimate(64, 48, 10, {"mode": "temporal", "iterations": 20})
+        assert small["fits"] and small["device"] == "cpu" and small["seconds"] > 0
+        assert small["seconds"] == pytest.approx(10 * small["seconds_per_frame"], rel=0.02)
+        bigger = client.estimate(128, 96, 10, {"mode": "temporal", "iterations": 20})
+        assert bigger["peak_bytes"] > 3 * (small["peak_bytes"] - 200 * 2**20), "memory grows with the pixels"
+        fast = client.estimate(128, 96, 10, {"mode": "fast"})
+        assert fast["seconds"] < bigger["seconds"] and fast["peak_bytes"] < bigger["peak_bytes"]
+        with pytest.raises(EngineError) as refused:
+            client.estimate(8192, 8192, 10)
+        assert (refused.value.code, refused.value.field) == ("bad_field", "width")

@@ -1,4 +1,7 @@
-"""Previews: single frames painted by the feed-forward network on a thread beside the job worker.
+"""Previews and estimates: one-off answers from a thread beside the job worker.
+
+A preview is a single frame painted by the feed-forward network; an estimate is what a job would cost
+(engine_server.estimate), its first one per method timed here on the device.
 
 An editor previews a painting on the current frame while a long optimization job may be running, so a
 preview never waits for the job queue: this thread shares the device with the worker (the network is
@@ -30,13 +33,15 @@ class PreviewRequest:
     peer: bytes
     request_id: object
     header: dict
-    blobs: list  # bytes: the frame, then the style images
+    blobs: list  # bytes: the frame, then the style images (none for an estimate)
 
 
 class PreviewWorker(threading.Thread):
-    def __init__(self, context: zmq.Context, events_address: str, device: str):
+    def __init__(self, context: zmq.Context, events_address: str, device: str, vgg_weights: str = "auto"):
         super().__init__(name="engine-preview", daemon=True)
         self.context, self.events_address, self.device = context, events_address, device
+        self.vgg_weights = vgg_weights
+        self.unit_seconds: dict[bool, float] = {}  # fast method?: one iteration / network pass, measured
         self.requests: queue.Queue[PreviewRequest] = queue.Queue(MAX_WAITING)
         self.shutdown = threading.Event()
 
@@ -73,6 +78,8 @@ class PreviewWorker(threading.Thread):
 
     def _answer(self, request: PreviewRequest) -> tuple[dict, list]:
         try:
+            if request.header["type"] == "estimate":
+                return self._estimate(request), []
             return self._paint(request)
         except _Refused as exc:
             return {"type": "error", "code": "bad_field", "message": exc.message, "field": exc.field}, []
@@ -80,6 +87,26 @@ class PreviewWorker(threading.Thread):
             log.exception("preview failed")
             return {"type": "error", "code": "internal", "message": f"preview failed ({type(exc).__name__})",
                     "field": None}, []
+
+    def _estimate(self, request: PreviewRequest) -> dict:
+        from .. import InputError, StylizeOptions
+        from ..estimate import estimate, measure_unit_seconds
+        from ..options import FAST_MODES
+
+        h = request.header
+        options = StylizeOptions(device=self.device, vgg_weights=self.vgg_weights, **{
+            k: tuple(v) if k == "long_term" else v for k, v in (h.get("options") or {}).items()})
+        try:
+            options.validate()
+        except InputError as exc:
+            raise _Refused(str(exc), "options") from None
+        fast = options.mode in FAST_MODES
+        if fast not in self.unit_seconds:
+            self.unit_seconds[fast] = measure_unit_seconds(options, self.device, self.vgg_weights)
+            log.info("estimates: one %s at 256x144 takes %.3f s on %s", "network pass" if fast else "iteration",
+                     self.unit_seconds[fast], self.device)
+        found = estimate((h["width"], h["height"]), h["frame_count"], options, self.unit_seconds[fast], self.device)
+        return {"type": "estimated", "device": str(self.device), **found.as_dict()}
 
     def _paint(self, request: PreviewRequest) -> tuple[dict, list]:
         from .. import StylizeOptions, Stylizer, fit_style, painting_pixels  # the engine core, on this thread

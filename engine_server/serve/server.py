@@ -126,7 +126,7 @@ class Server:
         self.worker.start()
         self.previews = self.context.socket(zmq.PAIR)
         self.previews.bind(PREVIEW_ADDRESS)
-        self.previewer = PreviewWorker(self.context, PREVIEW_ADDRESS, self.device)
+        self.previewer = PreviewWorker(self.context, PREVIEW_ADDRESS, self.device, self.vgg_weights)
         self.previewer.start()
         self._requeue()
         log.info("engine %s listening on %s (device %s, jobs in %s%s)", __version__, self.bind, self.device_words,
@@ -444,6 +444,10 @@ class Server:
         request = PreviewRequest(peer, m.id, m.header, [bytes(blob) for blob in m.blobs])
         if not self.previewer.offer(request):
             raise ProtocolError("busy", "the engine is painting other previews; ask again in a moment")
+
+    def _on_estimate(self, peer: bytes, m: Message, owner) -> None:
+        if not self.previewer.offer(PreviewRequest(peer, m.id, m.header, [])):
+            raise ProtocolError("busy", "the engine is answering other previews; ask again in a moment")
 
     def _drain_previews(self) -> None:
         for answer, frames in _pending_messages(self.previews):

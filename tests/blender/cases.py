@@ -569,6 +569,31 @@ def cancel(tmp, address):
     return report
 
 
+def estimate_and_guard(tmp, address):
+    """Issue 12.4: an estimate before starting; a size the engine cannot take refused before any export."""
+    prefs = bpy_case.enable()
+    _remote(prefs, address)
+    scene, source, frames = _clip_scene(tmp)
+    estimated = call(bpy.ops.vse_style.estimate)
+    text = addon().jobs.estimates.get("shot", "")
+    stylized = call(bpy.ops.vse_style.stylize)
+    summary = scene.vse_style_jobs[-1].summary if len(scene.vse_style_jobs) else ""
+    rows = len(scene.vse_style_jobs)
+    source = strips()["shot"]
+    scene.sequence_editor.active_strip = source
+    source.vse_style.width = 8192  # 8192x6144: more pixels than the engine takes
+    too_big_estimate = call(bpy.ops.vse_style.estimate)
+    exporter_type = addon().export.Exporter
+    exported = []
+    original_step = exporter_type.step
+    exporter_type.step = lambda self: (exported.append(1), original_step(self))[1]
+    too_big = call(bpy.ops.vse_style.stylize)
+    exporter_type.step = original_step
+    return {"estimated": estimated, "text": text, "stylized": stylized, "summary": summary,
+            "too_big_estimate": too_big_estimate, "too_big": too_big, "exported": len(exported),
+            "rows_before": rows, "rows_after": len(scene.vse_style_jobs)}
+
+
 def scope(tmp, address):
     """Issue 12.5: a preview range, then replacing the previous result, then two selected strips."""
     prefs = bpy_case.enable()

@@ -251,6 +251,18 @@ def test_cancel_a_running_job(tmp_path, engine):
     assert result["after_remove"] == "unknown_job"
 
 
+def test_estimate_before_starting_and_a_size_the_engine_cannot_take(tmp_path, engine):
+    """Issue 12.4: no estimate, and a 12-megapixel strip failed after 16 s with an allocator message."""
+    result = run_case("estimate_and_guard", tmp=str(tmp_path), address=engine.address)
+    assert result["estimated"][0] == ["FINISHED"], result["estimated"][1]
+    assert result["text"].startswith("About ") and "3 frames at 48x36" in result["text"] and "GB on cpu" in result["text"]
+    assert result["stylized"][0] == ["FINISHED"] and " · ~" in result["summary"]  # the row keeps the estimate
+    for refused in (result["too_big_estimate"], result["too_big"]):
+        assert refused[0] == [] and "8192x6144 frames are more than this engine takes" in refused[1]
+        assert "set the width to 3434 px or less" in refused[1]
+    assert result["exported"] == 0 and result["rows_after"] == result["rows_before"]
+
+
 def test_frame_range_replace_previous_and_selected_strips(tmp_path, engine):
     """Issue 12.5: only whole strips, one at a time, each result stacked on a new channel."""
     result = run_case("scope", tmp=str(tmp_path), address=engine.address)
