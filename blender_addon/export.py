@@ -81,6 +81,11 @@ def _media_size(strip) -> tuple:
         bpy.data.images.remove(image)
 
 
+def render_percentage(canvas_width: int, job_width: int) -> int:
+    """The render percentage that gives at least ``job_width`` pixels of a ``canvas_width`` canvas."""
+    return max(1, min(100, -(-100 * job_width // canvas_width)))
+
+
 def _neutral_output(scene, width: int, height: int):
     """Render settings that leave pixels alone: 'Standard' view, no look, no dither, 8-bit RGB PNG."""
     render = scene.render
@@ -171,8 +176,9 @@ class Exporter:
             self.size = processing_size(*self.source_size, width)
             self.rendered = self._build(scene, strip) is None  # frames map in a way a fresh strip's do not
         if self.rendered:
-            # The canvas at 100 %: strip transforms are in canvas pixels, so the canvas keeps its size
-            # and each frame is scaled to the processing size after rendering.
+            # The canvas keeps its size (strip transforms are in canvas pixels) and is rendered at the
+            # smallest whole percentage that is not smaller than the job, then scaled to the processing
+            # size: a 64 px job of a 4K canvas renders 4 % of it, not all of it.
             self.source_size = scene.render.resolution_x, scene.render.resolution_y
             self.size = processing_size(*self.source_size, width)
             self._build(scene, strip)
@@ -181,6 +187,8 @@ class Exporter:
     def _build(self, scene, strip):
         temp = (self._scene_copy(scene, strip) if self.rendered
                 else self._source_scene(scene, strip, self.size, self.source_size))
+        if temp is not None and self.rendered:
+            temp.render.resolution_percentage = render_percentage(self.source_size[0], self.size[0])
         self.temp_name = temp.name if temp is not None else None
         return temp
 

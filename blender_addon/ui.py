@@ -159,6 +159,9 @@ class VSE_STYLE_PT_jobs(SidebarPanel, bpy.types.Panel):
         scene = compat.sequencer_scene(context)
         layout.template_list("VSE_STYLE_UL_jobs", "", scene, "vse_style_jobs", scene, "vse_style_job_index", rows=3)
         index = scene.vse_style_job_index
+        for i, other in enumerate(scene.vse_style_jobs):  # every running job's progress, whichever is selected
+            if i != index and jobs.get_run(other.uid) is not None:
+                layout.progress(factor=other.progress, type='BAR', text=f"{other.name}: {other.progress_text}")
         if not 0 <= index < len(scene.vse_style_jobs):
             return
         record = scene.vse_style_jobs[index]

@@ -296,9 +296,11 @@ def export_rendered(tmp):
     result = {}
     for strip in (colour, scene_strip, graded):
         exporter = Exporter(scene, strip, os.path.join(tmp, strip.name), 32)
+        percentage = exporter._temp().render.resolution_percentage
         paths = exporter.run()
         pixels = read_rgb(paths[0]).reshape(-1, 3)
         result[strip.name] = {"rendered": exporter.rendered, "count": len(paths), "size": list(exporter.size),
+                              "percentage": percentage,
                               "min": pixels.min(0).tolist(), "max": pixels.max(0).tolist()}
     result["view_transform_kept"] = scene.view_settings.view_transform == view
     result["scenes_left"] = len(bpy.data.scenes) - count

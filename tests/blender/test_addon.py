@@ -108,6 +108,7 @@ def test_export_renders_colour_scene_and_modified_strips(tmp_path):
     result = run_case("export_rendered", tmp=str(tmp_path))
     colour = result["colour"]
     assert colour["rendered"] and colour["count"] == 4 and colour["size"] == [32, 24]
+    assert colour["percentage"] == 50, "a 32 px job of a 64 px canvas renders at 50 %, not the whole canvas"
     # 'Standard' view transform: the colour strip's sRGB value exactly, not the green strip above it
     assert colour["min"] == colour["max"] == [128, 64, 255]
     shot = result["shot"]
