@@ -199,6 +199,7 @@ class _Run:
         self.done = done  # images of frames an earlier run finished; each is dropped once it has been used
         self.finished = set(done)  # indices only: finished frames' images are not kept (memory stays flat)
         self.started = time.perf_counter()
+        self.clock: tuple[float, float] | None = None  # (time, work done) at the first optimizer iteration
         self.first_iterations, self.later_iterations = self.opts.resolved_iterations()
         self.work_done = 0.0  # in full-size iterations, for the ETA
         self.colour_reference = source[0] if self.opts.preserve_colors else None
@@ -277,10 +278,14 @@ class _Run:
             return self.objective(index, schedule.resize(content, size), scaled, temporal_weight)
 
         def on_iteration(i: int, loss: float) -> None:
+            now = time.perf_counter()
+            if self.clock is None:  # the rate is timed from the first iteration: setup is not work to come
+                self.clock = (now, self.work_done)
             self.work_done += level_cost[0]
-            rate = (time.perf_counter() - self.started) / self.work_done
+            timed = self.work_done - self.clock[1] - level_cost[0]  # iterations finished since the clock began
+            eta = None if timed <= 0 else (now - self.clock[0]) / timed * max(0.0, total_work - self.work_done)
             self._emit(Progress("optimize", index + 1, self.count, i, planned, loss,
-                                pass_index, pass_count, frames_done, eta=rate * max(0.0, total_work - self.work_done)))
+                                pass_index, pass_count, frames_done, eta=eta))
 
         return optimize_levels(init, levels, objective_at, self.s.vgg, settings, on_iteration, self._stopped)
 

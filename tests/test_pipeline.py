@@ -34,8 +34,25 @@ def test_yields_every_frame_in_order_with_progress():
     stages = {e.stage for e in events}
     assert {"setup", "flow", "optimize", "done"} <= stages
     optimizing = [e for e in events if e.stage == "optimize"]
-    assert len(optimizing) == 10 and all(e.eta is not None and e.loss > 0 for e in optimizing)
+    assert len(optimizing) == 10 and all(e.loss > 0 for e in optimizing)
+    assert optimizing[0].eta is None and all(e.eta is not None for e in optimizing[1:])  # timed from iteration 1
     assert optimizing[-1].eta == pytest.approx(0.0)
+
+
+def test_the_first_eta_does_not_count_the_setup():
+    """Issue 12.7: the first ETA was 3x too long, the setup's seconds counted as if every frame had them."""
+    import time
+
+    events = []
+
+    def slow_setup(event):  # one second of setup (loading the network, style targets) before any iteration
+        if event.stage == "setup":
+            time.sleep(1.0)
+        events.append(event)
+
+    list(stylize(moving_clip(3), [style_image()], progress=slow_setup, **FAST))
+    second = [e for e in events if e.stage == "optimize"][1]
+    assert second.eta < 1.0, second.eta  # about 8 iterations of a few ms left, not 8 x the setup
 
 
 def test_per_frame_mode_has_no_temporal_term():
