@@ -168,7 +168,7 @@ class Run:
                 self.update(summary=f"{self.info['summary']} · ~{_duration(estimate['seconds'])}")
             self.stage = "export"
             return
-        self.link = engine_link.JobLink(client, self.info["job_id"], since=self.since, token=self.info["token"])
+        self.link = engine_link.JobLink(self.client, self.info["job_id"], since=self.since, token=self.info["token"])
         self.update(progress_text="Attached to the engine")
         self.stage = "engine"
 

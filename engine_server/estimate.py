@@ -74,8 +74,8 @@ def frame_work(frame_size: tuple[int, int], options: StylizeOptions) -> tuple[fl
     return work[0], work[1]
 
 
-def estimate(frame_size: tuple[int, int], frame_count: int, options: StylizeOptions, unit_seconds: float,
-             device) -> Estimate:
+def estimate_job(frame_size: tuple[int, int], frame_count: int, options: StylizeOptions, unit_seconds: float,
+                 device) -> Estimate:
     """``unit_seconds``: one iteration (or network pass) measured at MEASURE_SIZE on ``device``."""
     scale = frame_size[0] * frame_size[1] / (MEASURE_SIZE[0] * MEASURE_SIZE[1])
     per_iteration = unit_seconds * scale

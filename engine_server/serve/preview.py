@@ -89,8 +89,7 @@ class PreviewWorker(threading.Thread):
                     "field": None}, []
 
     def _estimate(self, request: PreviewRequest) -> dict:
-        from .. import InputError, StylizeOptions
-        from ..estimate import estimate, measure_unit_seconds
+        from .. import InputError, StylizeOptions, estimate_job, measure_unit_seconds
         from ..options import FAST_MODES
 
         h = request.header
@@ -105,7 +104,8 @@ class PreviewWorker(threading.Thread):
             self.unit_seconds[fast] = measure_unit_seconds(options, self.device, self.vgg_weights)
             log.info("estimates: one %s at 256x144 takes %.3f s on %s", "network pass" if fast else "iteration",
                      self.unit_seconds[fast], self.device)
-        found = estimate((h["width"], h["height"]), h["frame_count"], options, self.unit_seconds[fast], self.device)
+        found = estimate_job((h["width"], h["height"]), h["frame_count"], options, self.unit_seconds[fast],
+                             self.device)
         return {"type": "estimated", "device": str(self.device), **found.as_dict()}
 
     def _paint(self, request: PreviewRequest) -> tuple[dict, list]:

@@ -270,7 +270,7 @@ def test_frame_range_replace_previous_and_selected_strips(tmp_path, engine):
     assert result["ranged"][0] == ["FINISHED"], result["ranged"][1]
     count, first, placed, summary = result["ranged_job"]
     assert (count, first) == (2, 7) and placed[:2] == [7, 9], "only the frames inside the preview range"
-    assert summary == "Optimized · 48x36 · 2 it"
+    assert summary.startswith("Optimized · 48x36 · 2 it · ~")  # and the engine's estimate
     assert result["replaced"][0] == ["FINISHED"], result["replaced"][1]
     assert result["replacing_job"] == [6, 9, placed[2]], "on the channel of the result it replaces"
     assert result["old_result_left"] == "" and len(result["stylized_strips"]) == 1, result["stylized_strips"]
