@@ -216,11 +216,16 @@ def _new_client(settings: Settings, timeout: float):
         raise LinkError(f"Bad engine address or keys: {exc}") from None
 
 
+last_device = ""  # the device of the engine this Blender last spoke to ("cpu", "cuda:0 NVIDIA ..."), for presets
+
+
 def _hello(client) -> dict:
     """The welcome, or LinkError for a protocol mismatch (the client's hello() checks the version)."""
+    global last_device
     api = client_module()
     try:
         welcome = client.hello()
+        last_device = str(welcome.get("device") or "")
     except api.EngineError as exc:
         if exc.code == "version_mismatch":
             raise LinkError(f"Engine version mismatch: {exc.message}. Use an engine and add-on of the same "

@@ -20,6 +20,19 @@ PRESETS = {  # quality preset -> the options it sets (the editor may change them
     "PREVIEW": {"mode": "temporal", "width": 480, "iterations": 100},
     "FINAL": {"mode": "temporal", "width": 0, "iterations": 1000},
 }
+# A preview should take seconds a frame on the engine that makes it: smaller on a CPU, larger on a GPU.
+DEVICE_PREVIEWS = {"cpu": {"mode": "temporal", "width": 320, "iterations": 50},
+                   "cuda": {"mode": "temporal", "width": 960, "iterations": 100}}
+
+
+def preset_values(name: str) -> dict | None:
+    """What preset ``name`` sets, for the engine last spoken to (its device's Preview)."""
+    from . import engine_link
+
+    device = engine_link.last_device.split(":")[0].split()[0] if engine_link.last_device else ""
+    if name == "PREVIEW" and device in DEVICE_PREVIEWS:
+        return DEVICE_PREVIEWS[device]
+    return PRESETS.get(name)
 
 
 def weight_prop(index: int) -> str:
@@ -37,11 +50,12 @@ _applying = False  # a preset is setting its values: they are not the editor's o
 
 def _apply_preset(self, _context):
     global _applying
-    if self.preset not in PRESETS:  # Custom: the values stay as they are
+    values = preset_values(self.preset)
+    if values is None:  # Custom: the values stay as they are
         return
     _applying = True
     try:
-        for key, value in PRESETS[self.preset].items():
+        for key, value in values.items():
             setattr(self, key, value)
     finally:
         _applying = False
@@ -49,7 +63,7 @@ def _apply_preset(self, _context):
 
 def _leave_preset(self, _context):
     """Editing a value the preset set makes the settings Custom (the preset no longer describes them)."""
-    preset = PRESETS.get(self.preset)
+    preset = preset_values(self.preset)
     if not _applying and preset is not None and any(getattr(self, k) != v for k, v in preset.items()):
         self.preset = "CUSTOM"
 
@@ -62,7 +76,8 @@ class VSE_STYLE_PG_strip(bpy.types.PropertyGroup):
         name="Quality", default="PREVIEW", update=_apply_preset,
         items=[("INSTANT", "Instant", "The feed-forward network at source resolution, steadied along the motion: "
                                       "seconds per frame on a CPU, many frames per second on a GPU"),
-               ("PREVIEW", "Preview", "Optimized, small: 480 px wide, 100 iterations per frame"),
+               ("PREVIEW", "Preview", "Optimized, small: 480 px wide, 100 iterations per frame (320 px and 50 "
+                                      "iterations on a CPU engine, 960 px on a GPU one)"),
                ("FINAL", "Final", "Optimized at source resolution, 1000 iterations per frame (2000 for the "
                                   "first)"),
                ("CUSTOM", "Custom", "Your own method, width and iterations (set when you change a preset's)")])

@@ -438,6 +438,11 @@ def stylize_errors(tmp, free_port):
     exporter_type.step = counting_step
     prefs.engine_mode, prefs.python = "LOCAL", ""
     messages["no_python"] = call(stylize)[1]
+    bare = "/usr/bin/python3"  # a Python without the engine (issue 12.7), where the system has one
+    if os.path.isfile(bare):
+        prefs.python, prefs.port, prefs.jobs_dir = bare, free_port, os.path.join(tmp, "bare-jobs")
+        messages["python_without_engine"] = [call(stylize)[1] for _ in range(2)]
+    prefs.python = ""
     prefs.engine_mode, prefs.address, prefs.timeout = "REMOTE", f"tcp://127.0.0.1:{free_port}", 1.0
     started = time.monotonic()
     messages["engine_down"] = call(stylize)[1]
@@ -946,11 +951,13 @@ def preview_and_instant(tmp, address):
     _draw(bpy.types.VSE_STYLE_PT_preview, drawn)
     jobs_made = engine_jobs() - jobs_before
     # the Instant preset: the whole strip through the engine's fast mode
-    source.vse_style.preset = "PREVIEW"
+    source.vse_style.preset = "PREVIEW"  # after the preview the add-on knows the engine's device: a CPU
+    cpu_preview = [source.vse_style.width, source.vse_style.iterations]
     source.vse_style.preset = "INSTANT"
     preset = {"mode": source.vse_style.mode, "width": source.vse_style.width, "name": source.vse_style.preset}
     source.vse_style.width = 48
     preset["after_edit"] = source.vse_style.preset  # issue 12.7: no longer what the preset says
+    preset["cpu_preview"] = cpu_preview
     stylized = call(bpy.ops.vse_style.stylize)
     record = scene.vse_style_jobs[-1]
     report = _new_strip_report(scene, record)

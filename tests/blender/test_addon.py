@@ -164,6 +164,9 @@ def test_stylize_refuses_with_clear_messages(tmp_path):
     assert "not an image file" in m["slot_add_not_image"] and result["slots_after_refused_adds"] == 1
     assert "Save the .blend file first" in m["unsaved"]
     assert "Engine Python" in m["no_python"] or "Python interpreter" in m["no_python"]
+    if m.get("python_without_engine"):  # the second attempt says the same, without the first one's log lines
+        first, second = m["python_without_engine"]
+        assert "has no engine installed" in first and "make setup" in first and second == first
     assert "Engine not reachable" in m["engine_down"] and "Traceback" not in m["engine_down"]
     assert result["engine_down_seconds"] < 10
     assert "Engine not reachable" in result["test_connection"] and "Engine not reachable" in result["status"]
@@ -332,7 +335,8 @@ def test_preview_shows_one_painted_frame_and_instant_runs_the_fast_mode(tmp_path
     assert (["icon", 8.0] in result["drawn"]) == (result["icon_id"] > 0)  # headless Blender makes no icons
     assert result["source"] == result["before"], "a preview leaves the strip alone"
     # Instant: mode fast at source width; the job runs the fast mode and comes back as a strip
-    assert result["preset"] == {"mode": "fast", "width": 0, "name": "INSTANT", "after_edit": "CUSTOM"}
+    assert result["preset"] == {"mode": "fast", "width": 0, "name": "INSTANT", "after_edit": "CUSTOM",
+                                "cpu_preview": [320, 50]}  # issue 12.4: a Preview sized for a CPU engine
     assert result["stylized"][0] == ["FINISHED"], result["stylized"][1]
     assert result["engine_options"]["mode"] == "fast"
     assert result["state"] == "done" and result["files"] == [f"frame_{i:06d}.png" for i in (1, 2, 3)]
