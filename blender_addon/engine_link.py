@@ -367,7 +367,14 @@ def estimate(client, width: int, height: int, frame_count: int, options: dict) -
     with a sentence that says what to change when it would not fit or is larger than the engine takes."""
     api = client_module()
     try:
-        found = client.estimate(width, height, frame_count, options)
+        for attempt in range(20):  # `busy`: the engine's preview thread has others waiting
+            try:
+                found = client.estimate(width, height, frame_count, options)
+                break
+            except api.EngineError as exc:
+                if exc.code != "busy" or attempt == 19:
+                    raise
+                time.sleep(0.5)
     except api.EngineError as exc:
         if exc.code == "unknown_type":  # an engine without estimates: go on without one
             return {}
@@ -387,9 +394,18 @@ def estimate(client, width: int, height: int, frame_count: int, options: dict) -
 
 
 def connect_and_estimate(settings: Settings, width: int, height: int, frame_count: int, options: dict):
-    """connect(), then estimate() the job: (client, welcome, estimate); LinkError for either."""
+    """connect(), then estimate() the job on a client of its own (this runs on a worker thread and the
+    shared client belongs to the main thread): (client, welcome, estimate); LinkError for either."""
     client, welcome = connect(settings)
-    return client, welcome, estimate(client, width, height, frame_count, options)
+    own = _new_client(settings, settings.timeout)
+    try:
+        _hello(own)
+        return client, welcome, estimate(own, width, height, frame_count, options)
+    finally:
+        own.close()
+
+
+NOT_STOPPED = "not stopped on the engine"
 
 
 def continue_job(settings: Settings, job_id: str, token: str) -> str:
@@ -400,6 +416,8 @@ def continue_job(settings: Settings, job_id: str, token: str) -> str:
         client, _welcome = connect(settings)
         client.continue_job(job_id, token=token or None)
     except api.EngineError as exc:
+        if exc.code == "bad_state":  # the add-on marked it failed (a lost connection), the engine did not
+            return f"{NOT_STOPPED}: {exc.message}"
         if exc.code == "unknown_job":
             return f"The engine has no job {job_id} of this user any more (it was deleted or cleaned up)"
         return explain(exc)

@@ -279,6 +279,9 @@ class Run:
 
     def fail(self, message: str):
         self.error = message
+        accepted = self.link.job_id if self.link is not None else ""
+        if accepted and not self.info.get("job_id"):
+            self.update(job_id=accepted)  # accepted and failed in one tick: the engine has it, keep the row
         if self.job_request is not None and not self.info.get("job_id"):
             self._forget_record()  # nothing reached the engine: no row to resume or import, only the message
             self.close()
@@ -533,7 +536,7 @@ def continue_job(scene, record, settings, background=False) -> Run:
     if not record.job_id:
         raise JobError("This job never reached the engine: stylize the strip again")
     problem = engine_link.continue_job(settings, record.job_id, record.token)
-    if problem:
+    if problem and not problem.startswith(engine_link.NOT_STOPPED):  # still running or done there: attach
         raise JobError(problem)
     record.state, record.error, record.progress_text = "queued", "", "Continuing"
     return resume(scene, record, settings, background)

@@ -145,6 +145,7 @@ class VSE_STYLE_PG_job(bpy.types.PropertyGroup):
     error: StringProperty()
     result: StringProperty()       # name of the imported strip
     replace: BoolProperty()        # the result replaces the source's previous result
+    partial: BoolProperty()        # the imported result holds only the frames finished so far
     summary: StringProperty()      # the settings in a few words, for the jobs list
     created: FloatProperty()
 

@@ -37,11 +37,15 @@ def strip_key(scene, strip) -> str:
     import uuid
 
     key = strip.vse_style.key
-    shared = key and any(other.vse_style.key == key and other != strip
-                         for other in compat.strips_all(scene.sequence_editor))
-    if not key or shared:
+    if not key:
         strip.vse_style.key = key = uuid.uuid4().hex
-    return key
+        return key
+    others = [s for s in compat.strips_all(scene.sequence_editor) if s.vse_style.key == key and s != strip]
+    if others:  # duplicates share the key: the strip the records name keeps it, the copies get new ones
+        named = any(r.source_key == key and r.source == strip.name for r in scene.vse_style_jobs)
+        for copy in (others if named else [strip]):
+            copy.vse_style.key = uuid.uuid4().hex
+    return strip.vse_style.key
 
 
 def find_source(editor, record):
@@ -54,18 +58,26 @@ def find_source(editor, record):
     return everything.get(record.source)
 
 
-def _remove_previous_result(scene, editor, record):
-    """Remove the strip the source's latest earlier job imported; its channel, or None if there was none."""
-    earlier = [r for r in scene.vse_style_jobs if r.uid != record.uid and r.result and r.source_key
-               and r.source_key == record.source_key]
-    everything = compat.strips_all(editor)
-    for previous in sorted(earlier, key=lambda r: r.created, reverse=True):
-        strip = everything.get(previous.result)
-        if strip is not None:
-            channel = strip.channel
-            compat.container_of(editor, strip).remove(strip)
-            previous.result = ""
-            return channel
+RESULT_KEY = "result-"  # + the job record's uid: what an imported result strip carries as its key
+
+
+def _result_strip(editor, record):
+    """The strip a job record imported, found by its key (its name may have changed); None if gone."""
+    key = RESULT_KEY + record.uid
+    return next((s for s in compat.strips_all(editor) if s.vse_style.key == key), None)
+
+
+def _previous_result(scene, editor, record):
+    """What this import replaces: the job's own partial import, or (Replace Previous Result) the strip
+    the source's latest earlier job imported. (record, strip) or None."""
+    candidates = [record] if record.result else []
+    if record.replace:
+        candidates += sorted((r for r in scene.vse_style_jobs if r.uid != record.uid and r.result and r.source_key
+                              and r.source_key == record.source_key), key=lambda r: r.created, reverse=True)
+    for candidate in candidates:
+        strip = _result_strip(editor, candidate)
+        if strip is not None and (candidate is not record or candidate.partial):
+            return candidate, strip
     return None
 
 
@@ -106,12 +118,16 @@ def import_result(scene, record, count: int | None = None):
         if record.source_key:  # the source moved while the job ran: land over it where it is now
             start += round(source.frame_start - record.source_frame_start)
     end = start + count
-    replaced = _remove_previous_result(scene, editor, record) if record.replace else None
-    if replaced is not None and not any(s.channel == replaced and s.frame_final_start < end and start < s.frame_final_end
+    previous = _previous_result(scene, editor, record)
+    if previous is not None and not any(s != previous[1] and s.channel == previous[1].channel
+                                        and s.frame_final_start < end and start < s.frame_final_end
                                         for s in collection):
-        channel = replaced
+        channel = previous[1].channel  # chosen before anything is removed
     else:
         channel = free_channel(collection, source.channel if source else record.channel, start, end)
+    if previous is not None:
+        compat.container_of(editor, previous[1]).remove(previous[1])
+        previous[0].result = ""
     folder = bpy.path.abspath(record.out_dir)
     name = f"{record.name} stylized" + (f" ({count} of {record.frame_count})" if partial else "")
     strip = collection.new_image(name=name, filepath=os.path.join(folder, frame_name(1)),
@@ -123,8 +139,9 @@ def import_result(scene, record, count: int | None = None):
         if not record.rendered:  # read from the media: place it like the media, not like the canvas
             _place_like(strip, source, (record.width, record.height), tuple(record.source_size))
         copy_group(source.vse_style, strip.vse_style)
-        strip.vse_style.key = ""  # the result is a strip of its own, not another name for the source
         keyframes.copy_weight_keys(scene, source, strip, len(source.vse_style.slots))
+    strip.vse_style.key = RESULT_KEY + record.uid  # its own identity, not another name for the source
+    record.partial = partial
     for other in compat.strips_all(editor):
         other.select = False
     strip.select = True

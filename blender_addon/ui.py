@@ -176,7 +176,7 @@ class VSE_STYLE_PT_jobs(SidebarPanel, bpy.types.Panel):
         elif state in ("interrupted", "cancelled", "failed"):
             if state == "interrupted":
                 row.operator("vse_style.job_resume", icon='PLAY').uid = record.uid
-            else:
+            elif record.job_id:  # Continue attaches when the engine never stopped it (a lost connection)
                 row.operator("vse_style.job_continue", icon='PLAY').uid = record.uid
             if record.finished:
                 row.operator("vse_style.job_import_finished", icon='IMPORT', text="Import Finished").uid = record.uid

@@ -46,22 +46,24 @@ def peak_bytes(frame_size: tuple[int, int], options: StylizeOptions) -> int:
     return FIXED_BYTES + per_pixel * frame_size[0] * frame_size[1]
 
 
-def available_bytes(device) -> int:
-    """Free memory of the device: CUDA's free bytes, or the host's available memory."""
+def available_bytes(device, held: int = 0) -> int:
+    """Memory a job will find on the device: CUDA's free bytes plus what PyTorch's allocator keeps
+    cached, or the host's available memory plus ``held`` (what a running job holds now: jobs run one
+    at a time, so the next one gets it back)."""
     import torch
 
     device = torch.device(device)
     if device.type == "cuda":
         free, _total = torch.cuda.mem_get_info(device)
-        return int(free)
+        return int(free + torch.cuda.memory_reserved(device))
     try:
         with open("/proc/meminfo") as handle:
             for line in handle:
                 if line.startswith("MemAvailable:"):
-                    return int(line.split()[1]) * 1024
+                    return int(line.split()[1]) * 1024 + held
     except OSError:
         pass
-    return int(os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE"))
+    return int(os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")) + held
 
 
 def frame_work(frame_size: tuple[int, int], options: StylizeOptions) -> tuple[float, float]:
@@ -75,14 +77,15 @@ def frame_work(frame_size: tuple[int, int], options: StylizeOptions) -> tuple[fl
 
 
 def estimate_job(frame_size: tuple[int, int], frame_count: int, options: StylizeOptions, unit_seconds: float,
-                 device) -> Estimate:
-    """``unit_seconds``: one iteration (or network pass) measured at MEASURE_SIZE on ``device``."""
+                 device, held: int = 0) -> Estimate:
+    """``unit_seconds``: one iteration (or network pass) measured at MEASURE_SIZE on ``device``; ``held``:
+    host memory a running job holds now (it is back before a queued job starts)."""
     scale = frame_size[0] * frame_size[1] / (MEASURE_SIZE[0] * MEASURE_SIZE[1])
     per_iteration = unit_seconds * scale
     first, later = frame_work(frame_size, options)
     passes = options.passes if options.mode == "multipass" else 1
     seconds = per_iteration * (first + later * (frame_count - 1)) * passes
-    peak, free = peak_bytes(frame_size, options), available_bytes(device)
+    peak, free = peak_bytes(frame_size, options), available_bytes(device, held)
     budget = MEMORY_MARGIN * free - FIXED_BYTES
     per_pixel = (peak - FIXED_BYTES) / (frame_size[0] * frame_size[1])
     largest = int(frame_size[0] * math.sqrt(max(0.0, budget) / per_pixel / (frame_size[0] * frame_size[1])))

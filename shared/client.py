@@ -454,6 +454,9 @@ class Preview:
         self.client._handlers.pop(self._id, None)
 
 
+BUSY_PAUSE = 0.2  # seconds an upload waits after the engine answered `busy` (it was storing other uploads)
+
+
 class Upload:
     """Submitting (or completing) a job without blocking: each ``tick()`` sends what fits in its time
     budget, keeping at most ``window`` frames in flight. ``state``: submitting, resuming, uploading,
@@ -476,6 +479,7 @@ class Upload:
         self._asked: int | None = None         # request id of the submit / status in flight
         self._inbox: deque[Message] = deque()
         self._pending = None                   # (index, header, blob) the socket had no room for
+        self._pause_until = 0.0                # after a `busy` answer: when to send again
         self._last = time.monotonic()
 
     @property
@@ -525,6 +529,8 @@ class Upload:
             else:
                 client._handlers.pop(request_id, None)
             return
+        if time.monotonic() < self._pause_until:
+            return
         while self.state == "uploading" and len(self._in_flight) < self.window and time.monotonic() < deadline:
             if self._pending is None:
                 if not self.todo:
@@ -569,6 +575,10 @@ class Upload:
             self._last = time.monotonic()
             request_id = message.id
             self.client._handlers.pop(request_id, None)
+            if message.type == "error" and message.header.get("code") == "busy" and request_id in self._in_flight:
+                self.todo.appendleft(self._in_flight.pop(request_id))  # the engine is storing others: again soon
+                self._pause_until = time.monotonic() + BUSY_PAUSE
+                continue
             if message.type == "error":
                 return self._fail(EngineError.from_header(message.header))
             if request_id == self._asked:

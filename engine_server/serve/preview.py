@@ -12,6 +12,7 @@ touches the client socket; each answer goes back to the main loop over an inproc
 from __future__ import annotations
 
 import logging
+import os
 import queue
 import threading
 import time
@@ -42,6 +43,8 @@ class PreviewWorker(threading.Thread):
         self.context, self.events_address, self.device = context, events_address, device
         self.vgg_weights = vgg_weights
         self.unit_seconds: dict[bool, float] = {}  # fast method?: one iteration / network pass, measured
+        self.idle_bytes = 0  # the engine's resident memory at rest (network loaded, no job), once seen
+        self.running_job = None  # callable: is a job running now? (the server sets it)
         self.requests: queue.Queue[PreviewRequest] = queue.Queue(MAX_WAITING)
         self.shutdown = threading.Event()
 
@@ -102,10 +105,13 @@ class PreviewWorker(threading.Thread):
         fast = options.mode in FAST_MODES
         if fast not in self.unit_seconds:
             self.unit_seconds[fast] = measure_unit_seconds(options, self.device, self.vgg_weights)
+            if not self.idle_bytes and self.running_job is not None and not self.running_job():
+                self.idle_bytes = resident_bytes()  # torch and the network loaded, no job: the engine at rest
             log.info("estimates: one %s at 256x144 takes %.3f s on %s", "network pass" if fast else "iteration",
                      self.unit_seconds[fast], self.device)
+        held = max(0, resident_bytes() - self.idle_bytes) if self.idle_bytes else 0
         found = estimate_job((h["width"], h["height"]), h["frame_count"], options, self.unit_seconds[fast],
-                             self.device)
+                             self.device, held)
         return {"type": "estimated", "device": str(self.device), **found.as_dict()}
 
     def _paint(self, request: PreviewRequest) -> tuple[dict, list]:
@@ -132,6 +138,15 @@ class PreviewWorker(threading.Thread):
         log.info("preview %dx%d painted in %.2f s", h["width"], h["height"], seconds)
         return ({"type": "previewed", "width": h["width"], "height": h["height"], "encoding": "png",
                  "seconds": round(seconds, 3)}, [encode_png(result.image)])
+
+
+def resident_bytes() -> int:
+    """This process's resident memory (Linux), 0 where unknown."""
+    try:
+        with open("/proc/self/statm") as handle:
+            return int(handle.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+    except (OSError, ValueError, IndexError):
+        return 0
 
 
 class _Refused(Exception):

@@ -48,7 +48,7 @@ log = logging.getLogger("engine_server.server")
 
 EVENTS_ADDRESS = "inproc://engine-worker-events"
 PREVIEW_ADDRESS = "inproc://engine-preview-answers"
-MAX_PENDING_WRITES = 16      # uploads being stored at once; more are answered `busy`
+MAX_PENDING_WRITES = 32      # uploads being stored at once; more are answered `busy` (clients retry)
 CLEANUP_INTERVAL = 60.0      # seconds between two runs of the retention clean-up
 CRASHES_BEFORE_FAILING = 2   # runs of a job the engine died in before the job fails instead of resuming
 INTERNAL_MESSAGE = "internal error on the engine; its log has the details"
@@ -63,6 +63,7 @@ class PendingWrite:
     message: Message   # holds the frame's buffer until it is written
     job: Job
     index: int
+    replaced: int = 0  # bytes of the file an upload of the same index replaces
 
 
 def describe_device(name: str) -> tuple[str, str]:
@@ -127,6 +128,7 @@ class Server:
         self.previews = self.context.socket(zmq.PAIR)
         self.previews.bind(PREVIEW_ADDRESS)
         self.previewer = PreviewWorker(self.context, PREVIEW_ADDRESS, self.device, self.vgg_weights)
+        self.previewer.running_job = lambda: self.running is not None
         self.previewer.start()
         self._requeue()
         log.info("engine %s listening on %s (device %s, jobs in %s%s)", __version__, self.bind, self.device_words,
@@ -307,8 +309,10 @@ class Server:
         refusal = self.retention.refusal(self._owned(owner), m.blobs[0].nbytes)
         if refusal:
             raise ProtocolError("quota", refusal)
-        future = self.io.submit(store_input, job.input_path(h["index"]), m.blobs[0], h["encoding"], job.size)
-        self.writes.append(PendingWrite(future, peer, m, job, h["index"]))
+        path = job.input_path(h["index"])
+        replaced = path.stat().st_size if h["index"] in job.received and path.exists() else 0
+        future = self.io.submit(store_input, path, m.blobs[0], h["encoding"], job.size)
+        self.writes.append(PendingWrite(future, peer, m, job, h["index"], replaced))
 
     def _finish_writes(self) -> None:
         """Answer the uploads the I/O thread has stored, in the order they came."""
@@ -326,11 +330,12 @@ class Server:
 
     def _stored(self, write: PendingWrite) -> None:
         job, index = write.job, write.index
-        written = write.future.result()  # a disk error is raised here
-        if self.jobs.get(job.id) is not job:
+        if self.jobs.get(job.id) is not job:  # deleted while its frame was stored (that write failed: fine)
+            write.future.exception()
             raise ProtocolError("unknown_job", f"job {job.id} was deleted", "job")
+        written = write.future.result()  # a disk error is raised here
         job.received.add(index)
-        job.bytes += written
+        job.bytes += written - write.replaced
         job.updated = time.time()
         if job.state == "uploading" and len(job.received) == job.frame_count:
             self._set_state(job, "queued")  # saved first: a failure answers `internal` and nothing changed
@@ -509,9 +514,13 @@ class Server:
     def _drain_worker_events(self) -> None:
         for event, frames in _pending_messages(self.events):
             job = self.jobs.get(event["job"])
-            if job is None:  # deleted while it ran
+            ticket = self.tickets.get(event["job"])
+            current = job is not None and ticket is not None and ticket.serial == event.get("ticket")
+            if not current:  # deleted while it ran, or a run that was cancelled and has been continued since
                 if event["event"] in ("ended", "stopped") and self.running == event["job"]:
                     self.running = None
+                if job is not None and event["event"] == "frame":  # its file is on disk all the same
+                    job.finished.add(event["index"])
                 continue
             try:
                 getattr(self, "_worker_" + event["event"])(job, event, frames[1:])

@@ -11,6 +11,7 @@ so the socket loop answers from its first second.
 """
 from __future__ import annotations
 
+import itertools
 import json
 import logging
 import os
@@ -31,12 +32,18 @@ PROGRESS_INTERVAL = 0.1  # seconds: at most ~10 progress events per second per j
 OPTION_TYPES = {"long_term": tuple}
 
 
+_serials = itertools.count(1)
+
+
 @dataclass
 class Ticket:
-    """What the worker needs of a job: a snapshot, so the worker never reads the main thread's Job."""
+    """What the worker needs of a job: a snapshot, so the worker never reads the main thread's Job.
+    ``serial`` tells one run of a job from the next (a job cancelled and continued while its first run
+    was being picked up): every event carries it."""
 
     job: Job
     cancel: threading.Event = field(default_factory=threading.Event)
+    serial: int = field(default_factory=lambda: next(_serials))
 
     @classmethod
     def of(cls, job: Job) -> "Ticket":
@@ -55,6 +62,7 @@ class Worker(threading.Thread):
         self._socket = None
         self._last_progress = 0.0
         self._last_key = None
+        self._serial = 0  # the ticket being run
 
     # -- main thread side ---------------------------------------------------------------------
     def enqueue(self, ticket: Ticket) -> None:
@@ -84,10 +92,12 @@ class Worker(threading.Thread):
             self._socket.close()
 
     def _send(self, header: dict, blobs=()) -> None:
+        header["ticket"] = self._serial
         self._socket.send_multipart([msgpack.packb(header, use_bin_type=True), *blobs], copy=False)
 
     def _run_job(self, ticket: Ticket) -> None:
         job = ticket.job
+        self._serial = ticket.serial
         log.info("job %s: starting (%d frames %dx%d)", job.id, job.frame_count, *job.size)
         self._send({"event": "started", "job": job.id})
         try:

@@ -663,6 +663,7 @@ def cancel_import_continue(tmp, address):
     done = _tick_until(lambda: not jobs.busy())
     report = _new_strip_report(scene, record())
     names = sorted(s.name for s in strips())
+    report["stylized_after_continue"] = [s.name for s in strips() if "stylized" in s.name]
     again = call(bpy.ops.vse_style.job_resume, uid=record().uid)  # finished and imported: no second copy
     report.update(first_frame=first_frame, cancelled=cancelled, cancelled_state=state, finished_at_cancel=finished,
                   partial=partial, part=part_report, continued=continued, done=done,

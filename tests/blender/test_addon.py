@@ -292,6 +292,7 @@ def test_cancelled_job_imports_its_finished_frames_then_continues(tmp_path, engi
     assert result["continued"][0] == ["FINISHED"] and result["done"], result["continued"][1]
     assert result["state"] == "done" and result["range"] == [6, 9] and result["first_kept"]
     assert result["files"] == [f"frame_{i:06d}.png" for i in (1, 2, 3)]
+    assert result["stylized_after_continue"] == [result["result"]], "the full result replaced the partial one"
     assert result["again"][0] == [] and "Re-import adds another copy" in result["again"][1]
     assert result["strips_unchanged"]
 
