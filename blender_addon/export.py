@@ -147,13 +147,15 @@ def _solo(editor, target):
         strip.mute = True
 
 
+def source_size(scene, strip, rendered: bool) -> tuple:
+    """What a job scales from: the media's size for strips read from their files, else the canvas's."""
+    return (scene.render.resolution_x, scene.render.resolution_y) if rendered else _media_size(strip)
+
+
 def job_size(scene, strip, width: int) -> tuple:
-    """The processing size a job of ``strip`` would have, without exporting anything (as Exporter
-    decides it: the media's size for strips read from their files, else the canvas's)."""
+    """The processing size a job of ``strip`` would have, without exporting anything."""
     check_strip(strip)
-    if reads_source(strip):
-        return processing_size(*_media_size(strip), width)
-    return processing_size(scene.render.resolution_x, scene.render.resolution_y, width)
+    return processing_size(*source_size(scene, strip, not reads_source(strip)), width)
 
 
 class Exporter:
@@ -172,14 +174,14 @@ class Exporter:
         self.rendered = not reads_source(strip)
         self.temp_name = None
         if not self.rendered:
-            self.source_size = _media_size(strip)
+            self.source_size = source_size(scene, strip, False)
             self.size = processing_size(*self.source_size, width)
             self.rendered = self._build(scene, strip) is None  # frames map in a way a fresh strip's do not
         if self.rendered:
             # The canvas keeps its size (strip transforms are in canvas pixels) and is rendered at the
             # smallest whole percentage that is not smaller than the job, then scaled to the processing
             # size: a 64 px job of a 4K canvas renders 4 % of it, not all of it.
-            self.source_size = scene.render.resolution_x, scene.render.resolution_y
+            self.source_size = source_size(scene, strip, True)
             self.size = processing_size(*self.source_size, width)
             self._build(scene, strip)
         os.makedirs(folder, exist_ok=True)

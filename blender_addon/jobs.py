@@ -40,6 +40,14 @@ def find_record(scene, uid: str):
     return next((r for r in scene.vse_style_jobs if r.uid == uid), None)
 
 
+def forget_record(scene, uid: str) -> None:
+    """Take a job off the scene's list, keeping the selection on a row that exists."""
+    index = next((i for i, r in enumerate(scene.vse_style_jobs) if r.uid == uid), None)
+    if index is not None:
+        scene.vse_style_jobs.remove(index)
+        scene.vse_style_job_index = min(scene.vse_style_job_index, len(scene.vse_style_jobs) - 1)
+
+
 def display_state(record) -> str:
     """The record's state, or 'interrupted' for a job whose run ended with an earlier Blender session."""
     if record.state not in FINAL_STATES and record.uid not in _runs:
@@ -297,10 +305,7 @@ class Run:
             os.rmdir(bpy.path.abspath(self.info["out_dir"]))
         except OSError:
             pass
-        index = next((i for i, r in enumerate(scene.vse_style_jobs) if r.uid == self.uid), None)
-        if index is not None:
-            scene.vse_style_jobs.remove(index)
-            scene.vse_style_job_index = min(scene.vse_style_job_index, len(scene.vse_style_jobs) - 1)
+        forget_record(scene, self.uid)
 
     def cancel(self):
         """Stop the job: before the engine has it, right away; else ask the engine (the state follows)."""

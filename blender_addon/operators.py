@@ -308,14 +308,10 @@ class VSE_STYLE_OT_job_import(bpy.types.Operator):
         return _finish(self, run)
 
 
-class VSE_STYLE_OT_job_resume(bpy.types.Operator):
-    """Attach again to a job that was interrupted (Blender closed): follow it, then import the result"""
-    bl_idname = "vse_style.job_resume"
-    bl_label = "Resume"
-    bl_options = {'REGISTER'}
-
+class JobAction:
+    """An operator on one job record of this file: finds it and reports the expected failures in one line;
+    ``act(context, record)`` does the rest."""
     uid: StringProperty(options={'HIDDEN', 'SKIP_SAVE'})
-    wait: BoolProperty(default=True, options={'HIDDEN', 'SKIP_SAVE'})
 
     def execute(self, context):
         record = _job_record(context, self.uid)
@@ -323,60 +319,52 @@ class VSE_STYLE_OT_job_resume(bpy.types.Operator):
             self.report({'ERROR'}, "No such job")
             return {'CANCELLED'}
         try:
-            run = jobs.resume(compat.sequencer_scene(context), record, link_settings(context),
-                              background=_blocking(self))
+            return self.act(context, record)
         except EXPECTED as exc:
             self.report({'ERROR'}, str(exc))
             return {'CANCELLED'}
+
+
+class VSE_STYLE_OT_job_resume(JobAction, bpy.types.Operator):
+    """Attach again to a job that was interrupted (Blender closed): follow it, then import the result"""
+    bl_idname = "vse_style.job_resume"
+    bl_label = "Resume"
+    bl_options = {'REGISTER'}
+
+    wait: BoolProperty(default=True, options={'HIDDEN', 'SKIP_SAVE'})
+
+    def act(self, context, record):
+        run = jobs.resume(compat.sequencer_scene(context), record, link_settings(context),
+                          background=_blocking(self))
         return _finish(self, run)
 
 
-class VSE_STYLE_OT_job_import_finished(bpy.types.Operator):
+class VSE_STYLE_OT_job_import_finished(JobAction, bpy.types.Operator):
     """Import the frames a cancelled, failed or interrupted job finished as a strip over that part of its
     source"""
     bl_idname = "vse_style.job_import_finished"
     bl_label = "Import Finished Frames"
     bl_options = {'REGISTER', 'UNDO'}
 
-    uid: StringProperty(options={'HIDDEN', 'SKIP_SAVE'})
-
-    def execute(self, context):
-        record = _job_record(context, self.uid)
-        if record is None:
-            self.report({'ERROR'}, "No such job")
-            return {'CANCELLED'}
-        try:
-            strip = jobs.import_finished(compat.sequencer_scene(context), record)
-        except EXPECTED as exc:
-            self.report({'ERROR'}, str(exc))
-            return {'CANCELLED'}
+    def act(self, context, record):
+        strip = jobs.import_finished(compat.sequencer_scene(context), record)
         self.report({'INFO'}, f"Imported '{strip.name}' on channel {strip.channel}")
         return {'FINISHED'}
 
 
-class VSE_STYLE_OT_job_continue(bpy.types.Operator):
+class VSE_STYLE_OT_job_continue(JobAction, bpy.types.Operator):
     """Run a cancelled or failed job again after the frames it finished, then import the whole result"""
     bl_idname = "vse_style.job_continue"
     bl_label = "Continue"
     bl_options = {'REGISTER'}
 
-    uid: StringProperty(options={'HIDDEN', 'SKIP_SAVE'})
     wait: BoolProperty(default=True, options={'HIDDEN', 'SKIP_SAVE'})
 
-    def execute(self, context):
-        record = _job_record(context, self.uid)
-        if record is None:
-            self.report({'ERROR'}, "No such job")
-            return {'CANCELLED'}
+    def act(self, context, record):
         if record.state not in ("cancelled", "failed"):
-            self.report({'ERROR'}, f"Only a cancelled or failed job continues (this one is {record.state})")
-            return {'CANCELLED'}
-        try:
-            run = jobs.continue_job(compat.sequencer_scene(context), record, link_settings(context),
-                                    background=_blocking(self))
-        except EXPECTED as exc:
-            self.report({'ERROR'}, str(exc))
-            return {'CANCELLED'}
+            raise jobs.JobError(f"Only a cancelled or failed job continues (this one is {record.state})")
+        run = jobs.continue_job(compat.sequencer_scene(context), record, link_settings(context),
+                                background=_blocking(self))
         return _finish(self, run)
 
 
@@ -412,9 +400,7 @@ class VSE_STYLE_OT_job_remove(bpy.types.Operator):
             problem = engine_link.delete_job(link_settings(context), record.job_id, record.token)
         if self.frames and record.out_dir:
             shutil.rmtree(bpy.path.abspath(record.out_dir), ignore_errors=True)
-        index = next(i for i, r in enumerate(scene.vse_style_jobs) if r.uid == record.uid)
-        scene.vse_style_jobs.remove(index)
-        scene.vse_style_job_index = min(index, len(scene.vse_style_jobs) - 1)
+        jobs.forget_record(scene, record.uid)
         if problem:
             self.report({'WARNING'}, f"Removed from the list; the engine keeps its files: {problem}")
         return {'FINISHED'}

@@ -113,13 +113,17 @@ class VSE_STYLE_PT_preview(SidebarPanel, bpy.types.Panel):
             layout.label(text=f"Full size: the image '{preview.IMAGE_NAME}' in an Image Editor", icon='INFO')
 
 
-class VSE_STYLE_PT_options(SidebarPanel, bpy.types.Panel):
-    bl_label = "Options"
-    bl_parent_id = "VSE_STYLE_PT_stylize"
+class StripPanel(SidebarPanel):
+    """A sub-panel of the active strip's settings (nothing to show without one)."""
 
     @classmethod
     def poll(cls, context):
         return _strip(context) is not None
+
+
+class VSE_STYLE_PT_options(StripPanel, bpy.types.Panel):
+    bl_label = "Options"
+    bl_parent_id = "VSE_STYLE_PT_stylize"
 
     def draw(self, context):
         layout = self.layout
@@ -131,15 +135,11 @@ class VSE_STYLE_PT_options(SidebarPanel, bpy.types.Panel):
             layout.prop(settings, name)
 
 
-class VSE_STYLE_PT_advanced(SidebarPanel, bpy.types.Panel):
+class VSE_STYLE_PT_advanced(StripPanel, bpy.types.Panel):
     """What only some editors change: iterations, temporal weight, optical flow, the output folder."""
     bl_label = "Advanced"
     bl_parent_id = "VSE_STYLE_PT_options"
     bl_options = {'DEFAULT_CLOSED'}
-
-    @classmethod
-    def poll(cls, context):
-        return _strip(context) is not None
 
     def draw(self, context):
         layout = self.layout

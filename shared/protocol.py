@@ -242,6 +242,30 @@ def _size_fields(header: dict, limits: Limits, prefix: str = "") -> tuple[int, i
     return (_need(header, "width", side, what, prefix=prefix), _need(header, "height", side, what, prefix=prefix))
 
 
+def _work_size(header: dict, limits: Limits, prefix: str = "") -> tuple[int, int]:
+    """The frame size a job, preview or estimate asks the engine to work at: sides and pixel count."""
+    width, height = _size_fields(header, limits, prefix)
+    if width * height > limits.max_frame_pixels:
+        raise ProtocolError("bad_field", f"frames of {width}x{height} are more than the {limits.max_frame_pixels} "
+                                         f"pixels this engine takes", prefix + "width")
+    return width, height
+
+
+def _options(header: dict, allowed=None, prefix: str = "", where: str = "") -> dict:
+    """The optional ``options`` map: names in ``allowed`` (default: every option), values as
+    OPTION_CHECKS wants them; ``where`` names what a name outside ``allowed`` does not apply to."""
+    options = _need(header, "options", lambda v: isinstance(v, dict), "a map", optional=True, prefix=prefix) or {}
+    for key, value in options.items():
+        if key not in (allowed or OPTION_CHECKS):
+            raise ProtocolError("bad_field", f"option {clip(key)} does not apply to {where} (only "
+                                             f"{', '.join(allowed)})" if allowed else f"unknown option {clip(key)}",
+                                f"{prefix}options.{str(key)[:32]}")
+        check, what = OPTION_CHECKS[key]
+        if not check(value):
+            raise ProtocolError("bad_field", f"option '{key}' must be {what}", f"{prefix}options.{key}")
+    return options
+
+
 JOB_ID = _string(64)
 
 OPTION_CHECKS: dict[str, tuple[Callable[[Any], bool], str]] = {
@@ -277,10 +301,7 @@ def validate_job(job, limits: Limits) -> None:
         raise ProtocolError("bad_field", "field 'job' must be a map", "job")
     count = _need(job, "frame_count", _int_range(1, limits.max_frames),
                   f"an integer from 1 to {limits.max_frames}", prefix="job.")
-    width, height = _size_fields(job, limits, prefix="job.")
-    if width * height > limits.max_frame_pixels:
-        raise ProtocolError("bad_field", f"frames of {width}x{height} are more than the {limits.max_frame_pixels} "
-                                         f"pixels this engine takes", "job.width")
+    width, height = _work_size(job, limits, prefix="job.")
     styles = _need(job, "styles", lambda v: isinstance(v, list) and 0 < len(v) <= limits.max_styles,
                    f"a list of 1 to {limits.max_styles} style names", prefix="job.")
     if count * len(styles) > limits.max_weights:
@@ -299,13 +320,7 @@ def validate_job(job, limits: Limits) -> None:
             if not (_is_number(w) and w >= 0):
                 raise ProtocolError("bad_field", "style weights must be finite numbers >= 0",
                                     f"job.weights[{f}][{s}]")
-    options = _need(job, "options", lambda v: isinstance(v, dict), "a map", optional=True, prefix="job.") or {}
-    for key, value in options.items():
-        if key not in OPTION_CHECKS:
-            raise ProtocolError("bad_field", f"unknown option {clip(key)}", f"job.options.{str(key)[:32]}")
-        check, what = OPTION_CHECKS[key]
-        if not check(value):
-            raise ProtocolError("bad_field", f"option '{key}' must be {what}", f"job.options.{key}")
+    options = _options(job, prefix="job.")
     _check_job_cost(options, width * height, limits)
     _need(job, "name", _string(limits.max_name_chars), "a non-empty string", optional=True, prefix="job.")
 
@@ -369,10 +384,7 @@ PREVIEW_OPTIONS = ("style_scale", "preserve_colors")  # what changes a feed-forw
 def _preview(h, blobs, limits):
     """One frame painted by the feed-forward network, answered at once; nothing is kept on the engine."""
     encoding = _need(h, "encoding", lambda v: v in ENCODINGS, "png or raw")
-    width, height = _size_fields(h, limits)
-    if width * height > limits.max_frame_pixels:
-        raise ProtocolError("bad_field", f"a frame of {width}x{height} is more than the {limits.max_frame_pixels} "
-                                         f"pixels this engine takes", "width")
+    width, height = _work_size(h, limits)
     styles = _need(h, "styles", lambda v: isinstance(v, list) and 0 < len(v) <= limits.max_styles,
                    f"a list of 1 to {limits.max_styles} style names")
     for i, name in enumerate(styles):
@@ -380,14 +392,7 @@ def _preview(h, blobs, limits):
             raise ProtocolError("bad_field", f"style name {i} must be a non-empty string", f"styles[{i}]")
     _need(h, "weights", lambda v: isinstance(v, list) and len(v) == len(styles)
           and all(_is_number(w) and w >= 0 for w in v), f"a list of {len(styles)} finite numbers >= 0")
-    options = _need(h, "options", lambda v: isinstance(v, dict), "a map", optional=True) or {}
-    for key, value in options.items():
-        if key not in PREVIEW_OPTIONS:
-            raise ProtocolError("bad_field", f"option {clip(key)} does not apply to a preview (only "
-                                             f"{', '.join(PREVIEW_OPTIONS)})", f"options.{str(key)[:32]}")
-        check, what = OPTION_CHECKS[key]
-        if not check(value):
-            raise ProtocolError("bad_field", f"option '{key}' must be {what}", f"options.{key}")
+    _options(h, PREVIEW_OPTIONS, where="a preview")
     _blobs(blobs, 1 + len(styles), "the frame, then one style image per style name")
     _check_frame_blob(blobs[0], encoding, width, height)
     for i, blob in enumerate(blobs[1:]):
@@ -397,18 +402,9 @@ def _preview(h, blobs, limits):
 
 def _estimate(h, blobs, limits):
     """What a job of this size and these options would cost on the engine, before it is submitted."""
-    width, height = _size_fields(h, limits)
-    if width * height > limits.max_frame_pixels:
-        raise ProtocolError("bad_field", f"frames of {width}x{height} are more than the {limits.max_frame_pixels} "
-                                         f"pixels this engine takes", "width")
+    _work_size(h, limits)
     _need(h, "frame_count", _int_range(1, limits.max_frames), f"an integer from 1 to {limits.max_frames}")
-    options = _need(h, "options", lambda v: isinstance(v, dict), "a map", optional=True) or {}
-    for key, value in options.items():
-        if key not in OPTION_CHECKS:
-            raise ProtocolError("bad_field", f"unknown option {clip(key)}", f"options.{str(key)[:32]}")
-        check, what = OPTION_CHECKS[key]
-        if not check(value):
-            raise ProtocolError("bad_field", f"option '{key}' must be {what}", f"options.{key}")
+    _options(h)
     _blobs(blobs, 0, "none")
 
 

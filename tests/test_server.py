@@ -16,6 +16,7 @@ import zmq
 from hypothesis import HealthCheck, given, settings
 
 from engine_process import PROJECT_ROOT, TINY, clip, decode, free_port, png, style_image, tree_snapshot
+from engine_server.bench.soak import png_declaring  # a decompression bomb: a small PNG declaring a huge size
 from engine_server.io.frames import write_atomic
 from engine_server.serve.jobs import JobStore, store_input
 from test_protocol import malformed_messages
@@ -235,18 +236,6 @@ def test_a_session_whose_attachment_was_lost_attaches_again(engine):
         frames = collect(session, timeout=90)
         assert session.state == "done" and set(frames) == {1, 2, 3}
         assert job in client.ping()["attached"]
-
-
-def png_declaring(width, height):
-    """A small PNG file whose header declares width x height pixels (a decompression bomb)."""
-    import struct
-    import zlib
-
-    def chunk(kind, data):
-        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
-    rows = zlib.compress(b"\0" * 2_000_000, 9)  # what an attacker sends: far less than it expands to
-    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0))
-            + chunk(b"IDAT", rows) + chunk(b"IEND", b""))
 
 
 def test_style_images_are_judged_by_their_header_before_decoding(engine, raw_socket):

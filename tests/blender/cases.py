@@ -2,6 +2,7 @@
 
 Media is made here (numpy PNGs, an OpenCV movie) so the cases need nothing from outside.
 """
+import contextlib
 import os
 import sys
 import time
@@ -109,6 +110,23 @@ def weight_curves(strip):
         if curve is not None:
             result[i] = [tuple(round(v, 4) for v in p.co) for p in curve.keyframe_points]
     return result
+
+
+@contextlib.contextmanager
+def counting_exports():
+    """A list that gets one entry per frame the add-on exports while the block runs."""
+    exporter_type = addon().export.Exporter
+    exported, original_step = [], exporter_type.step
+
+    def counting_step(self):
+        exported.append(1)
+        return original_step(self)
+
+    exporter_type.step = counting_step
+    try:
+        yield exported
+    finally:
+        exporter_type.step = original_step
 
 
 def call(operator, *args, **kwargs):
@@ -427,28 +445,19 @@ def stylize_errors(tmp, free_port):
     strip.vse_style.slots[0].image = style
     messages["unsaved"] = call(stylize)[1]
     save_blend(tmp)
-    exporter_type = addon().export.Exporter
-    exported = []
-    original_step = exporter_type.step
-
-    def counting_step(self):
-        exported.append(1)
-        return original_step(self)
-
-    exporter_type.step = counting_step
-    prefs.engine_mode, prefs.python = "LOCAL", ""
-    messages["no_python"] = call(stylize)[1]
-    bare = "/usr/bin/python3"  # a Python without the engine (issue 12.7), where the system has one
-    if os.path.isfile(bare):
-        prefs.python, prefs.port, prefs.jobs_dir = bare, free_port, os.path.join(tmp, "bare-jobs")
-        messages["python_without_engine"] = [call(stylize)[1] for _ in range(2)]
-    prefs.python = ""
-    prefs.engine_mode, prefs.address, prefs.timeout = "REMOTE", f"tcp://127.0.0.1:{free_port}", 1.0
-    started = time.monotonic()
-    messages["engine_down"] = call(stylize)[1]
-    seconds = time.monotonic() - started
-    test = call(bpy.ops.vse_style.test_connection)
-    exporter_type.step = original_step
+    with counting_exports() as exported:
+        prefs.engine_mode, prefs.python = "LOCAL", ""
+        messages["no_python"] = call(stylize)[1]
+        bare = "/usr/bin/python3"  # a Python without the engine (issue 12.7), where the system has one
+        if os.path.isfile(bare):
+            prefs.python, prefs.port, prefs.jobs_dir = bare, free_port, os.path.join(tmp, "bare-jobs")
+            messages["python_without_engine"] = [call(stylize)[1] for _ in range(2)]
+        prefs.python = ""
+        prefs.engine_mode, prefs.address, prefs.timeout = "REMOTE", f"tcp://127.0.0.1:{free_port}", 1.0
+        started = time.monotonic()
+        messages["engine_down"] = call(stylize)[1]
+        seconds = time.monotonic() - started
+        test = call(bpy.ops.vse_style.test_connection)
     records = [(r.state, r.error) for r in bpy.context.scene.vse_style_jobs]
     return {"messages": messages, "records": records, "engine_down_seconds": seconds, "version": bpy.app.version[:2],
             "exported_frames": len(exported), "slots_after_refused_adds": slots_after_refused_adds,
@@ -590,12 +599,8 @@ def estimate_and_guard(tmp, address):
     scene.sequence_editor.active_strip = source
     source.vse_style.width = 8192  # 8192x6144: more pixels than the engine takes
     too_big_estimate = call(bpy.ops.vse_style.estimate)
-    exporter_type = addon().export.Exporter
-    exported = []
-    original_step = exporter_type.step
-    exporter_type.step = lambda self: (exported.append(1), original_step(self))[1]
-    too_big = call(bpy.ops.vse_style.stylize)
-    exporter_type.step = original_step
+    with counting_exports() as exported:
+        too_big = call(bpy.ops.vse_style.stylize)
     return {"estimated": estimated, "text": text, "stylized": stylized, "summary": summary,
             "too_big_estimate": too_big_estimate, "too_big": too_big, "exported": len(exported),
             "rows_before": rows, "rows_after": len(scene.vse_style_jobs)}
