@@ -11,8 +11,8 @@ setup: $(STAMP)
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -c constraints.txt -e ".[test]"
-	$(PY) -c "import engine_server, vse_style_shared, torch, torchvision, cv2; print('setup ok: torch', torch.__version__)"
+	$(PY) -m pip install --quiet -c constraints.txt -e ".[test,ray]"
+	$(PY) -c "import engine_server, vse_style_shared, torch, torchvision, cv2, ray; print('setup ok: torch', torch.__version__)"
 	touch $(STAMP)
 
 demo: setup

@@ -85,6 +85,19 @@ def add_stylize_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--fps", type=float, default=24.0, help="frame rate of --video (default 24)")
 
 
+def add_scale_options(parser: argparse.ArgumentParser) -> None:
+    """--ray and its options: ``stylize`` across the workers of a Ray cluster."""
+    parser.add_argument("--ray", metavar="ADDRESS",
+                        help="run the temporal mode across Ray workers: 'local' (a Ray runtime on this machine) or "
+                             "a cluster's address (ray start --head prints it; 'auto' finds one on this machine)")
+    parser.add_argument("--workers", type=_positive_int, metavar="N",
+                        help="--ray: workers (default: one per GPU of the cluster; on CPUs, 1)")
+    parser.add_argument("--chunk-frames", type=_positive_int, metavar="N",
+                        help="--ray: frames per chunk of a long shot (default: each shot shared out over the workers)")
+    parser.add_argument("--seam-frames", type=_positive_int, metavar="N",
+                        help="--ray: frames over which one chunk's chain hands over to the next one's (default 6)")
+
+
 def options_from_args(args) -> StylizeOptions:
     return StylizeOptions(
         mode=args.mode, schedule=args.schedule, width=args.width, iterations=args.iterations, first_iterations=args.first_iterations,

@@ -13,11 +13,12 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from .arguments import Parser, add_stylize_options, options_from_args
+from .arguments import Parser, add_scale_options, add_stylize_options, options_from_args
 from .errors import FlowBackendUnavailable, InputError, OutOfMemory, WeightsUnavailable
 from .io.frames import finished_frames, frame_filename, open_frames, read_image, write_frame, write_video
 from .io.report import write_report
 from .pipeline import Progress, Stylizer
+from .scale import staging
 from .serve import keys, operator, server, submit  # the engine server's commands live with the service
 from .style.keyframes import load_style_weights
 
@@ -30,6 +31,7 @@ def build_parser() -> argparse.ArgumentParser:
                        description="Stylize INPUT with one or more style images; writes DIR/frame_000001.png ... "
                                    "and DIR/report.json.")
     add_stylize_options(s)
+    add_scale_options(s)
 
     c = sub.add_parser("consistency", help="reference consistency check of two .flo flows",
                        description="Write the certainty mask of FLOW_A checked against FLOW_B (0..255 PGM), "
@@ -61,6 +63,9 @@ class ProgressBar:
             loss = "" if event.loss is None else f" loss {event.loss:.4g}"
             self.bar.set_postfix_str(f"frame {event.frame}/{event.frame_count} it {event.iteration}{loss}",
                                      refresh=False)
+        elif event.stage == "stylize" and event.iterations > 1:  # a scale-out run: work over all workers
+            self.bar.n = min(self.bar.total, event.frame - 1 + event.iteration / event.iterations)
+            self.bar.refresh()
         elif event.stage == "stylize":  # the fast modes: one event per finished frame
             self.bar.update(1)
             self.current = None
@@ -73,10 +78,22 @@ class ProgressBar:
 
 def run_stylize(args) -> int:
     options = options_from_args(args)
+    if args.ray and options.mode != "temporal":
+        raise InputError(f"--ray runs the temporal mode; --mode {options.mode} runs on one machine (leave out --ray)")
+    for name in ("workers", "chunk_frames", "seam_frames"):
+        if getattr(args, name) is not None and not args.ray:
+            raise InputError(f"--{name.replace('_', '-')} shares a run out over Ray workers: it needs --ray ADDRESS")
     out_dir = Path(args.out)
     source = open_frames(args.input, options.width)
     weights = load_style_weights(args.style_keyframes, args.style, len(source))
-    stylizer = Stylizer(args.style, options)
+    if args.ray:
+        from .scale.cluster import ClusterStylizer  # Ray is imported only when asked for
+
+        stylizer = ClusterStylizer(args.style, options, address=args.ray, workers=args.workers,
+                                   chunk_frames=args.chunk_frames, staging=out_dir / staging.FOLDER_NAME,
+                                   **({"window": args.seam_frames} if args.seam_frames else {}))
+    else:
+        stylizer = Stylizer(args.style, options)
     done = {}  # images of finished frames: the run uses the last few and drops each after use
     if args.resume:
         for index in range(1, finished_frames(out_dir, len(source)) + 1):
@@ -91,6 +108,8 @@ def run_stylize(args) -> int:
     passes = options.passes if options.mode == "multipass" else 1
     bar = ProgressBar(len(source) * passes, 0 if options.mode == "multipass" else len(done),
                       "frame-pass" if passes > 1 else "frame")
+    if args.ray:
+        bar.bar.n = 0  # its events count the work of all workers, finished frames included
     stylizer.progress = bar
     started = time.perf_counter()
     finished = set(done)
@@ -112,6 +131,9 @@ def run_stylize(args) -> int:
         return 130
     finally:
         bar.close()
+        if args.ray:
+            stylizer.shutdown()
+            report.update(stylizer.describe())  # with the plan: the chunks, the cuts
         report["seconds"] = round(time.perf_counter() - started, 3)
         report["frames"].sort(key=lambda f: f["index"])
         write_report(report_path, report)

