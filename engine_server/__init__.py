@@ -13,19 +13,21 @@ The pipeline is frames -> flow -> masks -> optimize -> frames (:mod:`engine_serv
     style/     VGG19, content and style losses, style targets, colour, keyframed weights
     optimize/  one frame's objective and the optimizer that minimizes it
     feedforward/  Ghiasi et al.'s arbitrary-style network (the fast modes) and its stabilization along the flow
+    scale/     one strip across the GPUs of a Ray cluster: chunks, seams, the driver and its workers
     serve/     the ZeroMQ engine server, its worker and job store, and the submit client
 
 with pipeline.py (the modes and the API), estimate.py (what a job will cost), options.py, cli.py, bench.py
 and demo.py at the top. Lower rooms never import higher ones (tests/test_layout.py checks it).
 """
-from .errors import Cancelled, FlowBackendUnavailable, InputError, OutOfMemory, WeightsUnavailable
+from .errors import Cancelled, FlowBackendUnavailable, InputError, OutOfMemory, WeightsUnavailable, WorkerLost
 from .estimate import Estimate, estimate_job, measure_unit_seconds
 from .options import StylizeOptions
 from .pipeline import FrameResult, Progress, Stylizer, painting_pixels, resolve_device, stylize
+from .scale.cluster import ClusterStylizer  # imports Ray only when one is made
 from .style.keyframes import load_style_weights
 from .style.targets import fit_style
 
 __version__ = "0.1.0"
 __all__ = ["stylize", "Stylizer", "StylizeOptions", "FrameResult", "Progress", "load_style_weights", "resolve_device",
            "painting_pixels", "fit_style", "Estimate", "estimate_job", "measure_unit_seconds", "Cancelled", "InputError", "OutOfMemory", "WeightsUnavailable",
-           "FlowBackendUnavailable"]
+           "FlowBackendUnavailable", "ClusterStylizer", "WorkerLost"]

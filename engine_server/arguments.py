@@ -12,7 +12,7 @@ class Parser(argparse.ArgumentParser):
         self.exit(2, f"{self.prog}: error: {message}\n")
 
 
-def _positive_int(text: str) -> int:
+def positive_int(text: str) -> int:
     try:
         value = int(text)
     except ValueError:
@@ -38,11 +38,11 @@ def add_stylize_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--style", action="append", required=True, metavar="IMAGE",
                         help="style image (repeatable)")
     parser.add_argument("--out", required=True, metavar="DIR", help="output directory")
-    parser.add_argument("--width", type=_positive_int, metavar="PX",
+    parser.add_argument("--width", type=positive_int, metavar="PX",
                         help="processing width (default: frame width)")
-    parser.add_argument("--iterations", type=_positive_int, metavar="N",
+    parser.add_argument("--iterations", type=positive_int, metavar="N",
                         help="iterations per later frame (multipass: per pass); default 1000 (multipass 100)")
-    parser.add_argument("--first-iterations", type=_positive_int, metavar="N",
+    parser.add_argument("--first-iterations", type=positive_int, metavar="N",
                         help="iterations for the first frame (every frame in per-frame mode); "
                              "default 2x --iterations")
     parser.add_argument("--mode", choices=MODES, default="temporal",
@@ -60,7 +60,7 @@ def add_stylize_options(parser: argparse.ArgumentParser) -> None:
                         help="transfer luminance only, keep the content's colours")
     parser.add_argument("--device", default="auto", help="auto, cpu or cuda (default auto)")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--passes", type=_positive_int, default=15,
+    parser.add_argument("--passes", type=positive_int, default=15,
                         help="multipass: number of passes (default 15)")
     parser.add_argument("--flow", choices=("dis", "farneback", "raft"), default="dis",
                         help="optical flow method")
@@ -90,11 +90,11 @@ def add_scale_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--ray", metavar="ADDRESS",
                         help="run the temporal mode across Ray workers: 'local' (a Ray runtime on this machine) or "
                              "a cluster's address (ray start --head prints it; 'auto' finds one on this machine)")
-    parser.add_argument("--workers", type=_positive_int, metavar="N",
+    parser.add_argument("--workers", type=positive_int, metavar="N",
                         help="--ray: workers (default: one per GPU of the cluster; on CPUs, 1)")
-    parser.add_argument("--chunk-frames", type=_positive_int, metavar="N",
+    parser.add_argument("--chunk-frames", type=positive_int, metavar="N",
                         help="--ray: frames per chunk of a long shot (default: each shot shared out over the workers)")
-    parser.add_argument("--seam-frames", type=_positive_int, metavar="N",
+    parser.add_argument("--seam-frames", type=positive_int, metavar="N",
                         help="--ray: frames over which one chunk's chain hands over to the next one's (default 6)")
 
 

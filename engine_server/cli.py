@@ -14,11 +14,11 @@ from pathlib import Path
 from tqdm import tqdm
 
 from .arguments import Parser, add_scale_options, add_stylize_options, options_from_args
-from .errors import FlowBackendUnavailable, InputError, OutOfMemory, WeightsUnavailable
+from .errors import FlowBackendUnavailable, InputError, OutOfMemory, WeightsUnavailable, WorkerLost
 from .io.frames import finished_frames, frame_filename, open_frames, read_image, write_frame, write_video
 from .io.report import write_report
 from .pipeline import Progress, Stylizer
-from .scale import staging
+from .scale.staging import Staging
 from .serve import keys, operator, server, submit  # the engine server's commands live with the service
 from .style.keyframes import load_style_weights
 
@@ -89,8 +89,10 @@ def run_stylize(args) -> int:
     if args.ray:
         from .scale.cluster import ClusterStylizer  # Ray is imported only when asked for
 
+        if not args.resume:  # frames staged by an earlier run are only taken up by --resume
+            Staging(out_dir / ClusterStylizer.STAGING_FOLDER).remove()
         stylizer = ClusterStylizer(args.style, options, address=args.ray, workers=args.workers,
-                                   chunk_frames=args.chunk_frames, staging=out_dir / staging.FOLDER_NAME,
+                                   chunk_frames=args.chunk_frames, staging=out_dir / ClusterStylizer.STAGING_FOLDER,
                                    **({"window": args.seam_frames} if args.seam_frames else {}))
     else:
         stylizer = Stylizer(args.style, options)
@@ -132,7 +134,10 @@ def run_stylize(args) -> int:
     finally:
         bar.close()
         if args.ray:
-            stylizer.shutdown()
+            try:
+                stylizer.shutdown()
+            except Exception as exc:  # never in the way of the frames and the report
+                print(f"warning: giving the Ray workers back failed: {exc}", file=sys.stderr)
             report.update(stylizer.describe())  # with the plan: the chunks, the cuts
         report["seconds"] = round(time.perf_counter() - started, 3)
         report["frames"].sort(key=lambda f: f["index"])
@@ -162,6 +167,9 @@ def main(argv: list[str] | None = None) -> int:
     except (InputError, WeightsUnavailable, FlowBackendUnavailable, OutOfMemory) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    except WorkerLost as exc:
+        print(f"error: {exc} (--resume continues)", file=sys.stderr)
+        return 1
     except (ValueError, OSError) as exc:
         if args.command == "consistency":  # unreadable or mismatched .flo files
             print(f"error: {exc}", file=sys.stderr)

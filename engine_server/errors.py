@@ -17,6 +17,10 @@ class FlowBackendUnavailable(RuntimeError):
     """The requested flow backend cannot run here (e.g. its weights are not installed)."""
 
 
+class WorkerLost(RuntimeError):
+    """A scale-out worker kept dying under one chunk (out of memory, a driver crash); frames made are kept."""
+
+
 class OutOfMemory(RuntimeError):
     """The device ran out of memory; the message says what to change (not a raw allocator message)."""
 

@@ -1,7 +1,8 @@
 """The engine's layout rules, read from the source: dependencies point one way and nothing imports in a
 cycle, so each sub-package can be understood (and changed) without the ones above it.
 
-    io  <-  motion, style  <-  optimize, feedforward  <-  pipeline  <-  serve (public API only), cli, bench, demo
+    io  <-  motion, style  <-  optimize, feedforward  <-  pipeline  <-  scale  <-  serve (public API only), cli,
+    bench, demo
 """
 import ast
 from pathlib import Path
@@ -98,6 +99,23 @@ def test_the_algorithm_never_imports_the_service():
         assert not {m.split(".")[0] for m in imported} & SERVICE_LIBRARIES, f"{name} imports a service library"
         assert not any(m.startswith("engine_server.serve") for m in imported), f"{name} imports the service"
         assert "bpy" not in {m.split(".")[0] for m in imported}
+
+
+def test_the_scale_out_sits_between_the_algorithm_and_the_service():
+    scale = [m for m in MODULES if layer(m) == "scale"]
+    assert len(scale) >= 4
+    for name in scale:
+        imported = imports_of(MODULES[name])
+        assert not {m.split(".")[0] for m in imported} & SERVICE_LIBRARIES, f"{name} imports a service library"
+        for forbidden in ("engine_server.serve", "engine_server.cli", "engine_server.bench", "engine_server.demo"):
+            assert not any(m == forbidden or m.startswith(forbidden + ".") for m in imported), f"{name} imports {forbidden}"
+    # Ray is optional: nothing imports it at module level, so the engine runs without the [ray] extra
+    for name, path in MODULES.items():
+        top_level = [node for node in ast.parse(path.read_text()).body if isinstance(node, (ast.Import, ast.ImportFrom))]
+        assert not any(alias.name.split(".")[0] == "ray" for node in top_level for alias in node.names
+                       if isinstance(node, ast.Import)), f"{name} imports ray at module level"
+        assert not any(isinstance(node, ast.ImportFrom) and (node.module or "").split(".")[0] == "ray"
+                       for node in top_level), f"{name} imports from ray at module level"
 
 
 def test_the_service_uses_the_algorithm_only_through_the_public_api():

@@ -126,22 +126,21 @@ def test_a_scene_cut_is_a_chunk_boundary_without_seam(ray_runtime, bunny, style,
     assert [r.index for r in results if r.cut] == [7]
 
 
-def test_a_killed_worker_has_its_chunk_carried_on_and_nothing_recomputed(ray_runtime, bunny, style, tmp_path):
-    stylizer = cluster(style, staging=tmp_path / "staging", keep_staging=True)
+@pytest.mark.parametrize("on_disk", [True, False], ids=["staged-on-disk", "in-memory"])
+def test_a_killed_worker_has_its_chunk_carried_on_and_nothing_recomputed(ray_runtime, bunny, style, tmp_path,
+                                                                         on_disk):
+    stylizer = cluster(style, staging=tmp_path / "staging" if on_disk else None)
     stylizer.options.iterations = 12  # frames slow enough to kill a worker in the middle of its chunk
     where = stylizer.wait_ready()
-    received = []
     killed = []
 
     def on_progress(event):
-        made = len(os.listdir(tmp_path / "staging" / "raw")) if (tmp_path / "staging" / "raw").exists() else 0
-        if made >= 2 and not killed:
-            os.kill(where[0]["pid"], signal.SIGKILL)  # worker 0 runs the first chunk
-            killed.append(made)
+        if stylizer.stats["frames_made"] >= 2 and not killed:
+            os.kill(where[0]["pid"], signal.SIGKILL)  # worker 0 runs the first chunk, the one going out
+            killed.append(stylizer.stats["frames_made"])
 
     stylizer.progress = on_progress
-    for result in stylizer.run(bunny):
-        received.append(result.index)
+    received = [result.index for result in stylizer.run(bunny)]
     stylizer.shutdown()
     assert killed, "the worker was never killed"
     assert received == list(range(1, len(bunny) + 1))  # one frame per input frame, in order
@@ -166,6 +165,20 @@ def test_a_stopped_run_resumes_after_the_frames_that_exist(ray_runtime, bunny, s
     assert sorted(first) + sorted(second) == list(range(1, len(bunny) + 1))
     assert again.stats["frames_made"] == again.plan.work - staged  # staged frames are not made again
     assert not staging.exists()  # all out: the staging folder goes
+
+
+def test_frames_staged_for_other_options_are_not_taken_up(ray_runtime, bunny, style, tmp_path):
+    staging = tmp_path / "staging"
+    first = cluster(style, staging=staging, cancel=lambda: first.stats["frames_made"] >= 4)
+    with pytest.raises(Cancelled):
+        list(first.run(bunny))
+    assert len(os.listdir(staging / "raw")) >= 2
+    other = ClusterStylizer([style], StylizeOptions(**{**TINY, "content_weight": 50.0}), address="local",
+                            workers=2, chunk_frames=5, window=2, threads=1, staging=staging)
+    results = list(other.run(bunny))
+    other.shutdown()
+    assert len(results) == len(bunny) and not any(r.resumed for r in results)
+    assert other.stats["frames_made"] == other.plan.work  # everything made afresh for these options
 
 
 def test_cli_stylize_with_ray(ray_runtime, bunny, style, tmp_path):
@@ -196,6 +209,17 @@ def test_bad_scale_out_requests_are_one_line_errors(ray_runtime, style, tmp_path
     assert code == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "--mode multipass" in err[0]
+
+
+def test_serve_checks_its_scale_out_options_before_starting(tmp_path):
+    import subprocess
+
+    run = subprocess.run([sys.executable, "-m", "engine_server", "serve", "--jobs-dir", str(tmp_path), "--workers",
+                          "2"], capture_output=True, text=True, timeout=60)
+    assert run.returncode == 2 and "needs --ray" in run.stderr and len(run.stderr.strip().splitlines()) == 1
+    run = subprocess.run([sys.executable, "-m", "engine_server", "serve", "--jobs-dir", str(tmp_path), "--ray",
+                          "local", "--workers", "0"], capture_output=True, text=True, timeout=60)
+    assert run.returncode == 2 and "--workers" in run.stderr
 
 
 def test_without_ray_installed_the_error_says_how_to_get_it(monkeypatch, style):

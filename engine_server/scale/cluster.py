@@ -14,6 +14,8 @@ run stopped and started again with the same output continues after them.
 """
 from __future__ import annotations
 
+import hashlib
+import json
 import os
 import time
 from dataclasses import asdict, dataclass, replace
@@ -21,16 +23,17 @@ from typing import Callable, Iterator, Sequence
 
 import numpy as np
 
-from ..errors import Cancelled, InputError
+from ..errors import Cancelled, InputError, WorkerLost
 from ..io.frames import FrameLike, FrameSource, open_frames
 from ..options import StylizeOptions
 from ..pipeline import FrameResult, Progress, load_styles, per_frame_weights
 from . import chunks as chunking
 from . import seams
-from .staging import FrameStore, Staging
+from .staging import FOLDER_NAME, FrameStore, Staging
 
 RAY_MISSING = "--ray needs Ray on this machine: pip install 'vse-style-transfer[ray]' (make setup installs it)"
 WAIT_SECONDS = 0.2   # how often the driver looks at cancel() while the workers run
+MAX_RERUNS = 3       # a chunk whose worker dies this often more is failing for a reason of its own
 
 
 def import_ray():
@@ -82,17 +85,23 @@ class Layout:
     def choose(cls, options: StylizeOptions, workers: int | None, threads: int | None = None) -> "Layout":
         """One worker per GPU of the cluster; on CPUs, the cores shared out (``threads`` each, if given)."""
         ray = import_ray()
-        resources = ray.cluster_resources()
-        gpus, cpus = int(resources.get("GPU", 0)), int(resources.get("CPU", 1))
+        nodes = [node["Resources"] for node in ray.nodes() if node.get("Alive")]
+        gpus = int(sum(node.get("GPU", 0) for node in nodes))
         if options.device != "cpu" and gpus > 0:
             if workers is not None and workers > gpus:
                 raise InputError(f"--workers {workers}: the Ray cluster has {gpus} GPUs (one worker each)")
             count = workers or gpus
-            return cls(count, 1.0, threads or max(1, min(4, cpus // count)), "cuda")
+            # a worker's CPUs must fit beside its GPU on one machine: the scarcest GPU machine decides
+            per_gpu = min(int(n.get("CPU", 1) // n["GPU"]) for n in nodes if n.get("GPU", 0) > 0)
+            return cls(count, 1.0, threads or max(1, min(4, per_gpu)), "cuda")
         if options.device.startswith("cuda"):
             raise InputError(f"--device {options.device}: the Ray cluster has no GPUs")
+        cpus = int(sum(node.get("CPU", 0) for node in nodes)) or 1
         count = workers or 1
-        return cls(count, 0.0, threads or max(1, cpus // count), "cpu")
+        if count > cpus:
+            raise InputError(f"--workers {count}: the Ray cluster has {cpus} CPUs and no GPUs")
+        biggest = int(max(node.get("CPU", 1) for node in nodes)) if nodes else 1
+        return cls(count, 0.0, threads or max(1, min(biggest, cpus // count)), "cpu")
 
 
 class ChunkWorker:
@@ -143,26 +152,39 @@ class ClusterStylizer:
         self._workers: list = []
         self._styles = None
 
+    STAGING_FOLDER = FOLDER_NAME
+
     def describe(self) -> dict:
         first, later = self.options.resolved_iterations()
+        window = max((s.window for s in self.plan.seams), default=0) if self.plan is not None else self.window
         return {"options": asdict(self.options), "iterations": {"first": first, "later": later},
                 "device": self.layout.device, "ray": {"address": self.address, **asdict(self.layout),
-                                                      "window": self.window},
+                                                      "seam_frames": window},
                 "plan": None if self.plan is None else self.plan.to_dict()}
+
+    def fingerprint(self, source: FrameSource) -> str:
+        """What staged frames were made from: a staged folder from another run is not this one's to take."""
+        digest = hashlib.sha256(json.dumps([asdict(self.options), list(source.size), len(source)],
+                                           sort_keys=True, default=str).encode())
+        for image in self.style_images:
+            digest.update(np.ascontiguousarray(image).tobytes())
+        return digest.hexdigest()
 
     # -- the plan ------------------------------------------------------------------------------
     def make_plan(self, source: FrameSource, staging: Staging) -> chunking.Plan:
         """The saved plan of a staged run being resumed, else cuts found now and chunks cut from them."""
         saved = staging.saved_plan()
-        if saved is not None and saved.get("frame_count") == len(source):
+        fingerprint = self.fingerprint(source)
+        if saved is not None and saved.get("fingerprint") == fingerprint:
             return chunking.Plan.from_dict(saved)
+        staging.clear()  # made for other frames, styles or options
         from ..motion.flow import make_flow
 
         cuts = chunking.find_cuts(source, make_flow(self.options.flow, device="cpu"))
         chunk_frames = self.chunk_frames or chunking.default_chunk_frames(len(source), self.layout.workers,
                                                                           self.window)
         chunk_plan = chunking.plan(len(source), cuts, chunk_frames, self.window)
-        staging.save_plan(chunk_plan.to_dict())
+        staging.save_plan({**chunk_plan.to_dict(), "fingerprint": fingerprint})
         return chunk_plan
 
     # -- the run -------------------------------------------------------------------------------
@@ -178,7 +200,8 @@ class ClusterStylizer:
         try:
             yield from run.frames()
         finally:
-            run.close()
+            if run.close():  # chunks still running cannot be cancelled on their workers: the workers go
+                self.shutdown()
         if not self.keep_staging:
             staging.remove()
 
@@ -203,16 +226,20 @@ class ClusterStylizer:
         """Give the workers and their GPUs back (the workers stay between runs of this object, the engine
         loaded; a Ray runtime started here stays for the next one in this process)."""
         ray = import_ray()
-        for worker in self._workers:
-            ray.kill(worker)
-        self._workers = []
+        workers, self._workers = self._workers, []
+        for worker in workers:
+            try:
+                ray.kill(worker)
+            except Exception:  # already gone with its machine: nothing to give back
+                pass
+
+    disconnect = staticmethod(disconnect)
 
 
 @dataclass
 class _Task:
     chunk: chunking.Chunk
-    first: int            # the first frame it will yield (0-based, strip order)
-    generator: object
+    generator: object     # the worker's stream of finished frames
     worker: int
 
 
@@ -225,7 +252,12 @@ class _Run:
         self.plan = owner.plan
         self.count = len(source)
         self.history = max(owner.options.long_term)
-        self.finished = {index - 1: image for index, image in done.items()}  # 0-based: the caller has these
+        self.cuts = set(self.plan.cuts)
+        # 0-based frames the caller already has; of their images only those a chain may carry on from
+        self.finished = {index - 1 for index in done}
+        self.finished_images = {i: done[i + 1] for i in self.finished
+                                if any(j not in self.finished for j in range(i + 1, min(self.count, i + self.history + 1)))}
+        self.reruns: dict[int, int] = {}  # chunk number -> times its worker died under it
         self.seam_at = {f: (seam, f - seam.frame) for seam in self.plan.seams for f in seam.frames}
         self.next_out = 0
         self.started = time.perf_counter()
@@ -245,8 +277,8 @@ class _Run:
         store = self.store_of(chunk, index)
         if index in store:
             return store.get(index)
-        if index in self.finished and index not in self.seam_at:
-            return self.finished[index]
+        if index in self.finished_images and index not in self.seam_at:
+            return self.finished_images[index]
         return None
 
     def has_chain_output(self, chunk: chunking.Chunk, index: int) -> bool:
@@ -292,7 +324,7 @@ class _Run:
         frames = [self.source[i] for i in chunk.frames]
         worker = self.owner.start_workers()[worker_number]
         generator = worker.chunk.remote(ray.put(frames), self.weights[chunk.frames.start:chunk.frames.stop], done)
-        return _Task(chunk, resume, generator, worker_number)
+        return _Task(chunk, generator, worker_number)
 
     def dispatch(self) -> None:
         """Idle workers take the chunks in strip order (the output needs the early ones first)."""
@@ -309,14 +341,14 @@ class _Run:
         while True:
             yield from self.ready_frames()
             if self.next_out >= self.count:
+                self.emit()  # the whole strip: the bar ends full
                 return
             self.dispatch()
             self.emit()
             if not self.tasks:
                 raise RuntimeError(f"scale-out: frame {self.next_out + 1} is in no chunk left to run")
             if self.owner.cancel is not None and self.owner.cancel():
-                self.owner.shutdown()  # at once: what they sent is staged, what they were making is not needed
-                raise Cancelled("cancelled")
+                raise Cancelled("cancelled")  # the workers go at once (run's finally): what they sent is staged
             ready, _ = ray.wait([t.generator for t in self.tasks], num_returns=1, timeout=WAIT_SECONDS)
             for generator in ready:
                 self.receive(next(t for t in self.tasks if t.generator is generator))
@@ -327,15 +359,15 @@ class _Run:
             result: FrameResult = ray.get(next(task.generator))
         except StopIteration:
             result = None
-        except ray.exceptions.RayActorError:
-            # The worker's process died. Ray restarts it; the chunk goes back in the queue and its chain
-            # carries on after the frames that arrived (they are staged).
-            self.owner.stats["reruns"] += 1
-            result = None
+        except (ray.exceptions.RayActorError, ray.exceptions.ObjectLostError) as exc:
+            # The worker's process (or its machine, with the frames it held) died. Ray restarts the worker;
+            # the chunk goes back in the queue and its chain carries on after the frames that arrived.
+            self.lost(task, exc)
+            return
         except ray.exceptions.RayTaskError as exc:  # the engine's own error (bad input, out of memory)
             cause = exc.as_instanceof_cause()
             raise getattr(cause, "cause", None) or cause from None
-        if result is None:
+        if result is None:  # the chunk is done
             self.tasks.remove(task)
             self.idle.append(task.worker)
             for index in range(task.chunk.start, min(self.next_out, task.chunk.frames.stop)):
@@ -347,6 +379,21 @@ class _Run:
         if index < task.chunk.stop:
             self.results[index] = replace(result, index=index + 1, image=None)
 
+    def lost(self, task: _Task, exc: Exception) -> None:
+        number = task.chunk.number
+        self.reruns[number] = self.reruns.get(number, 0) + 1
+        self.owner.stats["reruns"] += 1
+        if self.reruns[number] > MAX_RERUNS:
+            raise WorkerLost(f"chunk {number + 1} (frames {task.chunk.start + 1}-{task.chunk.frames.stop}): its "
+                             f"worker died {self.reruns[number]} times ({type(exc).__name__}); the frames made so "
+                             "far are kept") from None
+        try:
+            import_ray().cancel(task.generator)  # a worker only unreachable for a while must not go on too
+        except Exception:
+            pass
+        self.tasks.remove(task)
+        self.idle.append(task.worker)
+
     def ready_frames(self) -> Iterator[FrameResult]:
         while self.next_out < self.count and (self.next_out in self.finished or self.has_final(self.next_out)):
             index = self.next_out
@@ -356,14 +403,17 @@ class _Run:
             said = self.results.get(index) or FrameResult(index + 1, None, 0.0, {}, 0, resumed=True)
             image = self.final_output(index)
             self.forget(index)
-            yield replace(said, image=image, cut=index in self.plan.cuts)
+            yield replace(said, image=image, cut=index in self.cuts)
 
     def forget(self, index: int) -> None:
-        """An image in memory that no chain can need again goes (a rerun only reads the frames it has not
-        passed on, and their history)."""
-        if not any(t.chunk.start <= index < t.chunk.frames.stop for t in self.tasks):
-            self.staging.raw.drop(index)
-            self.staging.carried.drop(index)
+        """An image in memory that no chain can need again goes: once out, and every chunk that made it
+        has finished (a chunk rerun after its worker died reads its last frames as history)."""
+        for chunk in self.plan.chunks:
+            if index in chunk.frames and (any(t.chunk is chunk for t in self.tasks)
+                                          or any(self.needed(chunk, i) for i in chunk.frames)):
+                return
+        self.staging.raw.drop(index)
+        self.staging.carried.drop(index)
 
     def emit(self) -> None:
         if self.owner.progress is None:
@@ -383,11 +433,13 @@ class _Run:
                                      iterations=100, frames_done=self.next_out, elapsed=now - self.started,
                                      eta=eta))
 
-    def close(self) -> None:
+    def close(self) -> bool:
+        """Stop listening to the chunks still running; says whether there were any."""
         ray = import_ray()
-        for task in self.tasks:
+        running, self.tasks = self.tasks, []
+        for task in running:
             try:
                 ray.cancel(task.generator)
             except Exception:  # already finished, or its worker is gone
                 pass
-        self.tasks = []
+        return bool(running)

@@ -55,7 +55,8 @@ class FrameStore:
         return read_image(self._path(index), "staged frame")
 
     def drop(self, index: int) -> None:
-        """Forget a frame's image once nothing needs it (the memory store only: files stay for a resume)."""
+        """Free a frame's image once nothing reads it again: the memory store lets it go (the frame still
+        counts as made); files stay for a resume."""
         self._memory.pop(index, None)
 
 
@@ -78,6 +79,11 @@ class Staging:
     def save_plan(self, plan: dict) -> None:
         if self.folder is not None:
             write_atomic(self.folder / "plan.json", json.dumps(plan).encode())
+
+    def clear(self) -> None:
+        """Start afresh: staged frames of another run are none of this one's."""
+        self.remove()
+        self.__init__(self.folder)
 
     def remove(self) -> None:
         """Once every frame is out, the staged ones are no longer needed."""

@@ -37,6 +37,7 @@ from vse_style_shared.protocol import (
 )
 
 from .. import __version__
+from ..arguments import positive_int
 from ..io.frames import decode_image, image_problem
 from .jobs import DEFAULT_JOBS_DIR, Job, JobsDirBusy, JobStore, remove_folder, store_input, token_owner
 from .retention import Retention, expired
@@ -594,9 +595,10 @@ def add_parser(sub) -> None:
     p.add_argument("--ray", metavar="ADDRESS",
                    help="run temporal jobs across the workers of a Ray cluster: 'local' or a cluster's address "
                         "(see stylize --ray); other modes run here")
-    p.add_argument("--workers", type=int, metavar="N", help="--ray: workers (default: one per GPU of the cluster)")
-    p.add_argument("--chunk-frames", type=int, metavar="N", help="--ray: frames per chunk of a long shot")
-    p.add_argument("--seam-frames", type=int, metavar="N",
+    p.add_argument("--workers", type=positive_int, metavar="N",
+                   help="--ray: workers (default: one per GPU of the cluster)")
+    p.add_argument("--chunk-frames", type=positive_int, metavar="N", help="--ray: frames per chunk of a long shot")
+    p.add_argument("--seam-frames", type=positive_int, metavar="N",
                    help="--ray: frames over which one chunk's chain hands over to the next one's (default 6)")
     p.add_argument("--log-level", default="info", choices=("debug", "info", "warning", "error"),
                    help="logging verbosity on stderr (default info; debug logs every request)")
@@ -625,6 +627,21 @@ def add_parser(sub) -> None:
                    help="GiB of files one client's jobs may hold (default %(default)g)")
 
 
+def scale_out(args) -> ScaleOut | None:
+    """``--ray`` and its options, checked before the engine starts rather than at its first job."""
+    given = [f"--{n.replace('_', '-')}" for n in ("workers", "chunk_frames", "seam_frames") if getattr(args, n)]
+    if args.ray is None:
+        if given:
+            raise StartupError(f"{given[0]} shares jobs out over Ray workers: it needs --ray ADDRESS")
+        return None
+    try:
+        import ray  # noqa: F401  (the jobs import it on the worker thread)
+    except ImportError:
+        raise StartupError("--ray needs Ray on this machine: pip install 'vse-style-transfer[ray]' "
+                           "(make setup installs it)") from None
+    return ScaleOut(args.ray, args.workers, args.chunk_frames, args.seam_frames)
+
+
 def run_serve(args) -> int:
     logging.basicConfig(level=args.log_level.upper(), stream=sys.stderr,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
@@ -632,7 +649,7 @@ def run_serve(args) -> int:
     retention = Retention(keep_days=args.keep_days, max_store_bytes=int(args.max_store_gb * 2**30),
                           quota_jobs=args.quota_jobs, quota_bytes=int(args.quota_gb * 2**30))
     try:
-        scale = None if args.ray is None else ScaleOut(args.ray, args.workers, args.chunk_frames, args.seam_frames)
+        scale = scale_out(args)
         server = Server(args.bind, args.jobs_dir, args.device, args.curve_dir, limits, args.vgg_weights, retention,
                         scale)
         server.start()

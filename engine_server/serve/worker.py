@@ -103,9 +103,9 @@ class Worker(threading.Thread):
         finally:
             self._socket.close()
             if self.scale is not None:
-                from ..scale.cluster import disconnect
+                from .. import ClusterStylizer
 
-                disconnect()  # from the thread that connected: Ray's runtime ends before the process does
+                ClusterStylizer.disconnect()  # from the thread that connected, before the process ends
 
     def _send(self, header: dict, blobs=()) -> None:
         header["ticket"] = self._serial
@@ -132,7 +132,7 @@ class Worker(threading.Thread):
 
     def _stylize(self, ticket: Ticket) -> tuple[str, dict | None]:
         from .. import StylizeOptions, Stylizer  # the engine's public API, loaded on the worker thread
-        from ..errors import Cancelled, FlowBackendUnavailable, InputError, OutOfMemory, WeightsUnavailable
+        from ..errors import Cancelled, FlowBackendUnavailable, InputError, OutOfMemory, WeightsUnavailable, WorkerLost
         from ..io.frames import read_image
 
         job = ticket.job
@@ -147,13 +147,12 @@ class Worker(threading.Thread):
         try:
             paintings = self._paintings(job, options)
             if self.scale is not None and options.mode == "temporal":
-                from ..scale import staging
-                from ..scale.cluster import ClusterStylizer
+                from .. import ClusterStylizer
 
                 stylizer = ClusterStylizer(paintings, replace(options, device=self.scale_device()),
                                            self.scale.address, self.scale.workers, self.scale.chunk_frames,
                                            progress=lambda p: self._on_progress(job.id, p), cancel=stop_requested,
-                                           staging=job.dir / staging.FOLDER_NAME,
+                                           staging=job.dir / ClusterStylizer.STAGING_FOLDER,
                                            **({"window": self.scale.seam_frames} if self.scale.seam_frames else {}))
             else:
                 stylizer = Stylizer(paintings, options, progress=lambda p: self._on_progress(job.id, p),
@@ -184,9 +183,14 @@ class Worker(threading.Thread):
             # the engine's paths are its own business: a client sees them relative to the job's folder
             message = str(exc).replace(str(job.dir) + os.sep, "")
             return "failed", {"code": "bad_field", "message": message, "field": None}
+        except WorkerLost as exc:
+            return "failed", {"code": "internal", "message": str(exc), "field": None}
         finally:
             if stylizer is not None and hasattr(stylizer, "shutdown"):  # the cluster's workers go back between jobs
-                stylizer.shutdown()
+                try:
+                    stylizer.shutdown()
+                except Exception:  # the job's outcome stands; the log says what went wrong
+                    log.exception("job %s: giving the Ray workers back failed", job.id)
         return "done", None
 
     def scale_device(self) -> str:
