@@ -64,7 +64,7 @@ class ProgressBar:
             self.bar.set_postfix_str(f"frame {event.frame}/{event.frame_count} it {event.iteration}{loss}",
                                      refresh=False)
         elif event.stage == "stylize" and event.iterations > 1:  # a scale-out run: work over all workers
-            self.bar.n = min(self.bar.total, event.frame - 1 + event.iteration / event.iterations)
+            self.bar.n = min(self.bar.total, event.frame - 1)  # frames' worth of work done, whole ones
             self.bar.refresh()
         elif event.stage == "stylize":  # the fast modes: one event per finished frame
             self.bar.update(1)

@@ -111,8 +111,9 @@ def test_a_ray_run_gives_every_frame_once_in_order_like_a_local_run(ray_runtime,
     for index in range(plan.seams[0].frame):
         assert np.array_equal(results[index].image, local[index]), f"frame {index + 1} differs"
     # progress over all workers: it only grows and ends with the whole strip
-    done = [e.frame - 1 + e.iteration / e.iterations for e in events]
-    assert done == sorted(done) and events[-1].frame_count == len(bunny)
+    done = [e.frame - 1 + e.iteration / e.iterations for e in events if e.stage == "stylize"]
+    assert done == sorted(done) and done[-1] > 0.8 * len(bunny)
+    assert events[-1].stage == "done" and events[-1].frames_done == events[-1].frame_count == len(bunny)
 
 
 def test_a_scene_cut_is_a_chunk_boundary_without_seam(ray_runtime, bunny, style, shared_data):

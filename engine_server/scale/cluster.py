@@ -105,22 +105,31 @@ class Layout:
 
 
 class ChunkWorker:
-    """One Ray actor: the engine loaded once, then the chunks the driver hands out."""
+    """One Ray actor: the engine loaded once, then the chunks the driver hands out.
 
-    def __init__(self, styles: list[np.ndarray], options: dict, threads: int):
+    The paintings come with every call (a reference into Ray's object store, nothing copied on the same
+    machine), not with the constructor, so a worker Ray restarts after a crash needs nothing kept for it."""
+
+    def __init__(self, options: dict, threads: int):
         import torch
 
-        from ..pipeline import Stylizer
-
         torch.set_num_threads(threads)
-        self.stylizer = Stylizer(styles, StylizeOptions(**options))
+        self.options = StylizeOptions(**options)
+        self.stylizer = None
 
-    def where(self) -> dict:
+    def load(self, styles: list[np.ndarray]) -> dict:
+        """Load the engine (once); says where this worker runs."""
+        if self.stylizer is None:
+            from ..pipeline import Stylizer
+
+            self.stylizer = Stylizer(styles, self.options)
         return {"host": os.uname().nodename, "pid": os.getpid(), "device": str(self.stylizer.device)}
 
-    def chunk(self, frames: list[np.ndarray], weights: np.ndarray, done: dict[int, np.ndarray | None]):
+    def chunk(self, styles: list[np.ndarray], frames: list[np.ndarray], weights: np.ndarray,
+              done: dict[int, np.ndarray | None]):
         """Yields each frame of the chunk as it finishes (indices relative to the chunk, 1-based). ``done``:
         the frames it already made, with the images of the last few (its chain carries on from them)."""
+        self.load(styles)
         yield from self.stylizer.run(frames, weights, done)
 
 
@@ -150,13 +159,13 @@ class ClusterStylizer:
         self.plan: chunking.Plan | None = None
         self.stats = {"frames_made": 0, "reruns": 0}  # of the last run: what the workers sent, chunks rerun
         self._workers: list = []
-        self._styles = None
+        self.styles_ref = None
 
     STAGING_FOLDER = FOLDER_NAME
 
     def describe(self) -> dict:
         first, later = self.options.resolved_iterations()
-        window = max((s.window for s in self.plan.seams), default=0) if self.plan is not None else self.window
+        window = max((s.window for s in self.plan.seams), default=self.window) if self.plan is not None else self.window
         return {"options": asdict(self.options), "iterations": {"first": first, "later": later},
                 "device": self.layout.device, "ray": {"address": self.address, **asdict(self.layout),
                                                       "seam_frames": window},
@@ -212,15 +221,14 @@ class ClusterStylizer:
                 num_cpus=self.layout.cpus_per_worker, num_gpus=self.layout.gpus_per_worker,
                 max_restarts=-1, max_task_retries=0)
             options = asdict(replace(self.options, device=self.layout.device))
-            # held here for as long as the workers: a worker Ray restarts is built from them again
-            self._styles = ray.put(self.style_images)
-            self._workers = [actor.remote(self._styles, options, self.layout.cpus_per_worker)
-                             for _ in range(self.layout.workers)]
+            self.styles_ref = ray.put(self.style_images)  # once into the object store, for every call
+            self._workers = [actor.remote(options, self.layout.cpus_per_worker) for _ in range(self.layout.workers)]
         return self._workers
 
     def wait_ready(self) -> list[dict]:
         """Start the workers and wait until each has loaded the engine; says where each one runs."""
-        return import_ray().get([worker.where.remote() for worker in self.start_workers()])
+        workers = self.start_workers()
+        return import_ray().get([worker.load.remote(self.styles_ref) for worker in workers])
 
     def shutdown(self) -> None:
         """Give the workers and their GPUs back (the workers stay between runs of this object, the engine
@@ -323,7 +331,8 @@ class _Run:
             done[i - chunk.start + 1] = self.chain_output(chunk, i) if i >= resume - self.history else None
         frames = [self.source[i] for i in chunk.frames]
         worker = self.owner.start_workers()[worker_number]
-        generator = worker.chunk.remote(ray.put(frames), self.weights[chunk.frames.start:chunk.frames.stop], done)
+        generator = worker.chunk.remote(self.owner.styles_ref, ray.put(frames),
+                                        self.weights[chunk.frames.start:chunk.frames.stop], done)
         return _Task(chunk, generator, worker_number)
 
     def dispatch(self) -> None:
@@ -341,7 +350,9 @@ class _Run:
         while True:
             yield from self.ready_frames()
             if self.next_out >= self.count:
-                self.emit()  # the whole strip: the bar ends full
+                if self.owner.progress is not None:  # the whole strip, as the single-machine engine ends
+                    self.owner.progress(Progress("done", self.count, self.count, frames_done=self.count,
+                                                 elapsed=time.perf_counter() - self.started))
                 return
             self.dispatch()
             self.emit()
