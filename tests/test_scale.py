@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 import torch
 
+from conftest import shared_path
 from engine_server.errors import Cancelled, InputError
 from engine_server.io.frames import frame_filename, open_frames, read_image
 from engine_server.pipeline import StylizeOptions, Stylizer
@@ -31,16 +32,9 @@ def ray_runtime():
 
 
 @pytest.fixture(scope="module")
-def bunny(shared_data_module):
-    clip = open_frames(str(shared_data_module("video", "big_buck_bunny.mp4")), 48)
+def bunny():
+    clip = open_frames(str(shared_path("video", "big_buck_bunny.mp4")), 48)
     return [clip[i] for i in range(12)]
-
-
-@pytest.fixture(scope="module")
-def shared_data_module():
-    from conftest import shared_path
-
-    return shared_path
 
 
 @pytest.fixture
@@ -79,7 +73,7 @@ def test_seam_blend_ends_on_each_chain_and_keeps_the_strokes_contrast():
 
 
 def test_seam_repair_lowers_the_error_across_a_seam(bunny, style):
-    from engine_server.bench.scale import pair_errors
+    from engine_server.bench.scale import consecutive_pairs, pair_errors
 
     stylizer = Stylizer([style], StylizeOptions(**TINY))
     seam, window = 5, 3
@@ -89,7 +83,8 @@ def test_seam_repair_lowers_the_error_across_a_seam(bunny, style):
     repaired = carried[:seam] + [seams.repair(carried[seam + k], fresh[k], k, window) for k in range(window)] \
         + fresh[window:]
     across = range(seam - 1, seam + window)
-    cut_errors, repaired_errors = pair_errors(hard_cut, bunny), pair_errors(repaired, bunny)
+    pairs = consecutive_pairs(bunny)
+    cut_errors, repaired_errors = pair_errors(hard_cut, pairs), pair_errors(repaired, pairs)
     # the whole jump in one pair, against the same jump spread over window + 1 pairs
     assert repaired_errors[across].max() < 0.6 * cut_errors[seam - 1]
     assert np.sqrt(repaired_errors[across].mean()) < np.sqrt(cut_errors[across].mean())

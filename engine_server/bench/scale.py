@@ -30,16 +30,23 @@ from ..pipeline import StylizeOptions
 from .common import DATA, table
 
 
-def pair_errors(outputs, frames) -> np.ndarray:
-    """Per consecutive pair: the masked mean squared difference of the later output warped onto the
-    earlier one (the terms of e_stab), with DIS flow and the consistency check's mask."""
+def consecutive_pairs(frames) -> list:
+    """DIS flow both ways and the consistency check's masks for every consecutive pair of input frames
+    (computed once: every run is scored against the same pairs)."""
     flow = make_flow("dis")
-    errors = []
-    for t in range(len(outputs) - 1):
-        pair = pair_flow(flow, frames[t], frames[t + 1])
-        later_on_earlier = warp_numpy(outputs[t + 1], pair.a_to_b) / 255.0
-        errors.append(masked_mse(outputs[t] / 255.0, later_on_earlier, pair.certainty_on_a))
-    return np.array(errors)
+    return [pair_flow(flow, frames[t], frames[t + 1]) for t in range(len(frames) - 1)]
+
+
+def pair_error(earlier: np.ndarray, later: np.ndarray, pair) -> float:
+    """The masked mean squared difference of the later output warped onto the earlier one (a term of
+    e_stab)."""
+    later_on_earlier = warp_numpy(later, pair.a_to_b) / 255.0
+    return masked_mse(earlier / 255.0, later_on_earlier, pair.certainty_on_a)
+
+
+def pair_errors(outputs, pairs) -> np.ndarray:
+    """Per consecutive pair of outputs, :func:`pair_error`."""
+    return np.array([pair_error(outputs[t], outputs[t + 1], pair) for t, pair in enumerate(pairs)])
 
 
 def e_stab(errors) -> float:
@@ -78,6 +85,7 @@ def main(argv: list[str] | None = None) -> int:
     window = args.window or seams.DEFAULT_WINDOW
     clip = open_frames(args.clip, args.width)
     frames = [clip[i] for i in range(min(args.frames, len(clip)))]
+    pairs = consecutive_pairs(frames)
     options = StylizeOptions(mode="temporal", device="cpu", iterations=args.iterations,
                              first_iterations=args.first_iterations)
     single, single_seconds, _ = run_cluster(args.style, frames, options, 1, window)
@@ -87,8 +95,8 @@ def main(argv: list[str] | None = None) -> int:
         double, double_seconds, plan = run_cluster(args.style, frames, options, 2, window, staging)
         print(f"  2 workers: {double_seconds:.1f} s, chunks {[(c.start, c.stop) for c in plan.chunks]}", file=sys.stderr)
         # the seam left unrepaired: the earlier chain's last own frame, then the later chain's first
-        unrepaired = [masked_mse_pair(read_image(staging / "raw" / f"{s.frame - 1:06d}.png"),
-                                      read_image(staging / "raw" / f"{s.frame:06d}.png"), frames, s.frame - 1)
+        unrepaired = [pair_error(read_image(staging / "raw" / f"{s.frame - 1:06d}.png"),
+                                 read_image(staging / "raw" / f"{s.frame:06d}.png"), pairs[s.frame - 1])
                       for s in plan.seams]
 
     from ..style.vgg import load_vgg19
@@ -96,7 +104,7 @@ def main(argv: list[str] | None = None) -> int:
     vgg, painting = load_vgg19("cpu"), read_image(args.style)
     rows = []
     for name, outputs, seconds in (("1 worker", single, single_seconds), ("2 workers", double, double_seconds)):
-        errors = pair_errors(outputs, frames)
+        errors = pair_errors(outputs, pairs)
         across = sorted({t for s in plan.seams for t in range(s.frame - 1, s.frame + s.window)})
         inside = [t for t in range(len(errors)) if t not in across]
         window_frames = sorted({f for s in plan.seams for f in s.frames})
@@ -113,10 +121,6 @@ def main(argv: list[str] | None = None) -> int:
                        "across / inside", "seam unrepaired (1 pair)", "style distance window / rest"]))
     print("(the 1-worker row scores the same frame pairs, which hold no seam there: the baseline)")
     return 0
-
-
-def masked_mse_pair(earlier: np.ndarray, later: np.ndarray, frames, t: int) -> float:
-    return float(pair_errors([earlier, later], frames[t:t + 2])[0])
 
 
 if __name__ == "__main__":

@@ -11,6 +11,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
+from ..io.frames import resize
 from ..motion import cuts
 from ..motion.temporal import pair_flow
 
@@ -72,8 +73,9 @@ class Plan:
         cuts = set(saved["cuts"])
         chunk_list, seams, shot = [], [], 0
         for number, (start, stop, overlap) in enumerate(saved["chunks"]):
+            if start in cuts:
+                shot += 1
             seam_before = number > 0 and start not in cuts
-            shot += number > 0 and not seam_before
             chunk_list.append(Chunk(number, start, stop, shot, seam_before, overlap))
             if seam_before:
                 seams.append(Seam(number - 1, number, start, chunk_list[-2].overlap))
@@ -132,8 +134,6 @@ def default_chunk_frames(frame_count: int, workers: int, window: int) -> int:
 def find_cuts(source, flow) -> list[int]:
     """0-based frames that start a new shot: the engine's own cut test (:mod:`..motion.cuts`) on each
     consecutive pair, at a planning size (cuts are decided by colours and coarse motion)."""
-    from ..io.frames import resize
-
     width, height = source.size
     size = (min(width, PLANNING_WIDTH), max(16, round(height * min(width, PLANNING_WIDTH) / width)))
     found, previous = [], None

@@ -65,6 +65,9 @@ class Staging:
 
     def __init__(self, folder: str | os.PathLike | None):
         self.folder = None if folder is None else Path(folder)
+        self._open()
+
+    def _open(self) -> None:
         self.raw = FrameStore(self.folder, "raw")
         self.carried = FrameStore(self.folder, "carried")
 
@@ -83,7 +86,7 @@ class Staging:
     def clear(self) -> None:
         """Start afresh: staged frames of another run are none of this one's."""
         self.remove()
-        self.__init__(self.folder)
+        self._open()
 
     def remove(self) -> None:
         """Once every frame is out, the staged ones are no longer needed."""
