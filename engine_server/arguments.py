@@ -55,6 +55,9 @@ def add_stylize_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--precision", choices=PRECISIONS, default="auto",
                         help="VGG's arithmetic: bf16 (mixed precision, the default on CUDA) or fp32 "
                              "(the default on the CPU)")
+    parser.add_argument("--cuda-graphs", action="store_true",
+                        help="CUDA: record each level's iteration once and replay it (fewer kernel launches; "
+                             "off by default until measured on GPUs)")
     parser.add_argument("--style-keyframes", metavar="FILE.json", help="per style, {frame: weight} keyframes")
     parser.add_argument("--preserve-colors", action="store_true",
                         help="transfer luminance only, keep the content's colours")
@@ -105,5 +108,5 @@ def options_from_args(args) -> StylizeOptions:
         temporal_weight=args.temporal_weight, tv_weight=args.tv_weight, long_term=args.long_term,
         optimizer=args.optimizer, early_stop=not args.no_early_stop, init=args.init,
         style_scale=args.style_scale, preserve_colors=args.preserve_colors, flow=args.flow,
-        device=args.device, seed=args.seed, precision=args.precision,
+        device=args.device, seed=args.seed, precision=args.precision, cuda_graphs=args.cuda_graphs,
     )

@@ -40,6 +40,7 @@ class StylizeOptions:
     seed: int = 0
     vgg_weights: str = "auto"
     precision: str = "auto"                  # VGG's convolutions: "bf16" (mixed, CUDA's default) or "fp32"
+    cuda_graphs: bool = False                # CUDA, L-BFGS: replay each iteration from a recorded CUDA graph
 
     def resolved_iterations(self) -> tuple[int, int]:
         """(first-frame, later-frame) iterations: the reference's 2000 / 1000, or 100 per pass."""

@@ -264,7 +264,7 @@ class _Run:
         planned = sum(level.iterations for level in levels)
         settings = OptimizerSettings(
             iterations, self.opts.optimizer, self.opts.learning_rate,
-            early_stop=self.opts.early_stop and self.opts.mode != "multipass",
+            early_stop=self.opts.early_stop and self.opts.mode != "multipass", cuda_graphs=self.opts.cuda_graphs,
         )
         if warm_start:
             settings = replace(settings, tolerance_interval=WARM_STOP_WINDOW,

@@ -286,6 +286,7 @@ OPTION_CHECKS: dict[str, tuple[Callable[[Any], bool], str]] = {
     "learning_rate": (lambda v: _is_number(v) and v > 0, "a number > 0"),
     "preserve_colors": (lambda v: isinstance(v, bool), "true or false"),
     "early_stop": (lambda v: isinstance(v, bool), "true or false"),
+    "cuda_graphs": (lambda v: isinstance(v, bool), "true or false"),
     "flow": (lambda v: v in ("dis", "farneback", "raft"), "dis, farneback or raft"),
     "optimizer": (lambda v: v in ("lbfgs", "adam"), "lbfgs or adam"),
     "init": (lambda v: v in ("content", "noise", "fast"), "content, noise or fast"),

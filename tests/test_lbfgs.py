@@ -161,3 +161,163 @@ def test_max_step_bounds_every_move_and_still_converges():
         assert float((x.detach() - before).abs().max()) <= 16.0 + 1e-9
         before = x.detach().clone()
     assert max(losses) <= losses[0] * 1.5 and losses[-1] < 0.5 * losses[0]
+
+
+def test_state_is_updated_in_place_so_an_iteration_can_be_replayed():
+    """A CUDA graph replays reads and writes at the addresses it recorded: from the second iteration on,
+    no piece of L-BFGS state may be replaced by a new tensor, even when the ring of pairs wraps."""
+    loss_fn = nonconvex(30, 2)
+    x = torch.linspace(-1, 1, 30, dtype=torch.float64).requires_grad_(True)
+    opt = LBFGS(x.numel(), 4, dtype=x.dtype)
+
+    def addresses():
+        return {name: value.data_ptr() for name, value in vars(opt).items() if isinstance(value, torch.Tensor)}
+
+    first = addresses()
+    assert {"S", "Y", "SY", "YY", "stamp", "count", "gamma", "stalled", "_prev_grad", "_step"} <= first.keys()
+    for _ in range(14):
+        (grad,) = torch.autograd.grad(loss_fn(x), x)
+        opt.step(x.data, grad)
+        assert addresses() == first
+    assert int(opt.count) > 4  # the ring of 4 wrapped
+
+
+def _stand_in_cuda(monkeypatch, graph_class):
+    """CUDA's stream, device and graph calls stood in for, so the graphed iteration's control flow runs on
+    the CPU; ``graph_class`` replaces torch.cuda.CUDAGraph."""
+    import contextlib
+
+    from engine_server.optimize import iteration as iteration_module
+
+    class Stream:
+        def __init__(self, *args, **kwargs):
+            pass
+
+        def wait_stream(self, other):
+            pass
+
+    monkeypatch.setattr(torch.cuda, "Stream", Stream)
+    monkeypatch.setattr(torch.cuda, "current_stream", lambda device=None: Stream())
+    monkeypatch.setattr(torch.cuda, "stream", lambda stream: contextlib.nullcontext())
+    monkeypatch.setattr(torch.cuda, "device", lambda device: contextlib.nullcontext())
+    monkeypatch.setattr(torch.cuda, "CUDAGraph", graph_class)
+    monkeypatch.setattr(iteration_module, "_FAILED_DEVICES", set())
+    return iteration_module
+
+
+def _small_style_problem(seed):
+    net = load_vgg19("cpu")
+    content = image_tensor(np.random.default_rng(seed).integers(0, 255, (24, 24, 3)).astype(np.uint8), "cpu")
+    stripes = np.zeros((24, 24, 3), np.uint8)
+    stripes[::4] = (255, 200, 0)
+    grams, strength = StyleTargets([stripes], net, (24, 24), "cpu").blend(np.array([1.0]))
+    with torch.no_grad():
+        feats = net(content, CONTENT_LAYERS)
+    return net, content, Objective(feats, grams, strength, LossWeights())
+
+
+def _run_iterations(kind, net, content, objective, steps):
+    image = content.clone().requires_grad_(True)
+    lbfgs = LBFGS(image.numel(), 10, image.device, max_step=64.0)
+    iteration = kind(image, objective, net, lbfgs=lbfgs)
+    losses = [float(iteration.step()) for _ in range(steps)]
+    return image.detach(), losses, iteration, lbfgs
+
+
+def test_iterations_fall_back_to_eager_when_recording_fails(monkeypatch, caplog):
+    """A recording that fails half-way (its Python side ran, its kernels did not) leaves the frame going
+    on eagerly with the same iterates and iteration count, says so once, and is not tried again."""
+    capturing = {"on": False, "recordings": 0}
+
+    class Recording:
+        def capture_begin(self, **options):
+            capturing["on"], capturing["recordings"] = True, capturing["recordings"] + 1
+
+        def capture_end(self):
+            capturing["on"] = False
+
+    original = LBFGS.step
+
+    def step(self, x, grad):
+        if capturing["on"]:
+            self.iteration += 1
+            raise RuntimeError("operation not permitted when stream is capturing")
+        original(self, x, grad)
+
+    iteration_module = _stand_in_cuda(monkeypatch, Recording)
+    monkeypatch.setattr(LBFGS, "step", step)
+    net, content, objective = _small_style_problem(5)
+    steps = iteration_module.WARMUP + 4
+    eager_image, eager_losses, _, eager_lbfgs = _run_iterations(iteration_module.Iteration, net, content,
+                                                                objective, steps)
+    with caplog.at_level("WARNING"):
+        image, losses, graphed, lbfgs = _run_iterations(iteration_module.GraphedIteration, net, content,
+                                                        objective, steps)
+        again = _run_iterations(iteration_module.GraphedIteration, net, content, objective, steps)
+    assert graphed.eager_only and graphed.graph is None
+    assert caplog.text.count("CUDA graph recording failed") == 1 and capturing["recordings"] == 1
+    assert lbfgs.iteration == eager_lbfgs.iteration == steps
+    assert losses == eager_losses and again[1] == eager_losses
+    assert torch.equal(image, eager_image)
+    assert eager_losses[-1] < eager_losses[0]
+
+
+def test_a_recording_that_came_out_empty_counts_as_an_eager_iteration(monkeypatch, caplog):
+    """When the kernels went to a stream that was not recording (PyTorch only warns that the graph is
+    empty), the iteration ran eagerly: it counts once, and the rest stay eager."""
+    import warnings
+
+    class EmptyRecording:
+        def capture_begin(self, **options):
+            pass
+
+        def capture_end(self):
+            warnings.warn("The CUDA Graph is empty. This usually means that the graph was attempted to be "
+                          "captured on wrong device or stream.")
+
+    iteration_module = _stand_in_cuda(monkeypatch, EmptyRecording)
+    net, content, objective = _small_style_problem(7)
+    steps = iteration_module.WARMUP + 3
+    eager_image, eager_losses, _, _ = _run_iterations(iteration_module.Iteration, net, content, objective, steps)
+    with caplog.at_level("WARNING"):
+        image, losses, graphed, lbfgs = _run_iterations(iteration_module.GraphedIteration, net, content,
+                                                        objective, steps)
+    assert graphed.graph is None and graphed.eager_only and "is empty" in caplog.text
+    assert lbfgs.iteration == steps
+    assert losses == eager_losses and torch.equal(image, eager_image)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA graphs need a GPU (run on the device machine)")
+def test_graphed_iterations_match_eager_ones_on_cuda():
+    from engine_server.optimize.iteration import WARMUP, GraphedIteration, Iteration
+
+    net = copy.deepcopy(load_vgg19("cpu")).cuda()
+    content = image_tensor(np.random.default_rng(9).integers(0, 255, (64, 64, 3)).astype(np.uint8), "cuda")
+    stripes = np.zeros((64, 64, 3), np.uint8)
+    stripes[::4] = (255, 200, 0)
+    grams, strength = StyleTargets([stripes], net, (64, 64), "cuda").blend(np.array([1.0]))
+    with torch.no_grad():
+        feats = net(content, CONTENT_LAYERS)
+    objective = Objective(feats, grams, strength, LossWeights())
+    steps = WARMUP + 20
+    eager = _run_iterations(Iteration, net, content, objective, steps)
+    graphed = _run_iterations(GraphedIteration, net, content, objective, steps)
+    assert graphed[2].graph is not None
+    assert graphed[3].iteration == eager[3].iteration == steps
+    assert len(set(graphed[1][WARMUP:])) > 10  # the replays move the image
+    assert np.allclose(graphed[1], eager[1], rtol=1e-3)
+    assert float((graphed[0] - eager[0]).abs().max()) < 1.0
+
+
+def test_cuda_graphs_are_ignored_where_they_cannot_run():
+    """Asked for on the CPU or with Adam, graphs are not used, and the frame is optimized as without."""
+    from engine_server.optimize.iteration import Iteration, make_iteration
+
+    net, content, objective = _small_style_problem(6)
+    image = content.clone().requires_grad_(True)
+    assert type(make_iteration(image, objective, net, LBFGS(image.numel(), 5), cuda_graphs=True)) is Iteration
+    adam = torch.optim.Adam([image], lr=1.0)
+    assert type(make_iteration(image, objective, net, adam=adam, cuda_graphs=True)) is Iteration
+    plain = optimize_frame(content + 10.0, objective, net, OptimizerSettings(6, early_stop=False))
+    asked = optimize_frame(content + 10.0, objective, net, OptimizerSettings(6, early_stop=False, cuda_graphs=True))
+    assert torch.equal(plain.image, asked.image) and plain.iterations == asked.iterations == 6

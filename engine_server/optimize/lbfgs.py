@@ -12,7 +12,9 @@ search), but:
 - every decision (accept a curvature pair when y.s > 1e-10, stop moving when the direction is not
   downhill) is a tensor operation, never a Python ``if`` on a device value, so nothing synchronizes.
   :attr:`stalled` records a non-downhill direction; the caller reads it when it next syncs and ends the
-  frame (PyTorch's loop would keep evaluating at the same point).
+  frame (PyTorch's loop would keep evaluating at the same point);
+- from the second iteration on, every piece of state is updated in place, at fixed addresses, so an
+  iteration can be recorded once as a CUDA graph and replayed (:mod:`.iteration`).
 
 One safeguard PyTorch's unit step lacks: ``max_step`` bounds the largest change of any element in one
 iteration (the whole step is scaled down, its direction kept, and the pair records the step actually
@@ -45,8 +47,8 @@ class LBFGS:
         self.gamma = torch.ones((), **zeros)         # H0 = gamma I, from the newest pair
         self.stalled = torch.zeros((), dtype=torch.bool, device=device)
         self.iteration = 0
-        self._prev_grad: torch.Tensor | None = None
-        self._step: torch.Tensor | None = None       # t * d of the last iteration
+        self._prev_grad = torch.zeros(numel, **zeros)
+        self._step = torch.zeros(numel, **zeros)     # t * d of the last iteration
 
     @torch.no_grad()
     def step(self, x: torch.Tensor, grad: torch.Tensor) -> None:
@@ -57,7 +59,7 @@ class LBFGS:
             direction = -g
             t = torch.clamp(1.0 / g.abs().sum(), max=1.0)  # torch's first step: min(1, 1/|g|_1)
         else:
-            y, s = g - self._prev_grad, self._step
+            y, s = g - self._prev_grad, self._step  # (_step is overwritten only after its last use)
             # Every product with the history this iteration needs, in one pass over each (m, n) buffer
             # (the buffers are the iteration's main memory traffic); the slot the new pair goes into is
             # patched afterwards.
@@ -74,11 +76,8 @@ class LBFGS:
             t = t * torch.clamp(self.max_step / (t * direction).abs().max().clamp_min(1e-30), max=1.0)
         step = torch.where(self.stalled, torch.zeros_like(t), t) * direction
         x.add_(step.view_as(x).to(x.dtype))
-        if self._prev_grad is None:
-            self._prev_grad = g.clone()
-        else:
-            self._prev_grad.copy_(g)
-        self._step = t * direction  # what torch's next iteration calls s (even when it did not move)
+        self._prev_grad.copy_(g)
+        self._step.copy_(t * direction)  # what torch's next iteration calls s (even when it did not move)
 
     def _remember(self, y: torch.Tensor, s: torch.Tensor, s_hist_y: torch.Tensor, y_hist_s: torch.Tensor,
                   y_hist_y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -99,8 +98,8 @@ class LBFGS:
             matrix.index_copy_(0, slot, torch.where(keep, row[None], old_row))
             matrix.index_copy_(1, slot, torch.where(keep, col[:, None], old_col))
         self.stamp.index_copy_(0, slot, torch.where(keep, self.count, self.stamp.index_select(0, slot)))
-        self.gamma = torch.where(keep, ys / (y @ y), self.gamma)
-        self.count = self.count + keep.long()
+        self.gamma.copy_(torch.where(keep, ys / (y @ y), self.gamma))
+        self.count.add_(keep.long())
         return slot, keep
 
     def _inverse_hessian_times(self, g: torch.Tensor, s_g: torch.Tensor, y_g: torch.Tensor) -> torch.Tensor:

@@ -15,6 +15,7 @@ import torch
 from ..errors import Cancelled
 from ..style.vgg import VGG19Features
 from . import schedule
+from .iteration import make_iteration
 from .lbfgs import LBFGS
 from .objective import Objective
 
@@ -30,6 +31,7 @@ class OptimizerSettings:
     history: int = 100              # L-BFGS pairs kept (the reference's 100)
     readback_interval: int | None = None  # iterations between loss read-backs; None: 1 on CPU, 10 on GPU
     max_step: float | None = 64.0   # L-BFGS: the most any pixel moves in one iteration (pixel units); see .lbfgs
+    cuda_graphs: bool = False       # L-BFGS on CUDA: replay each level's iteration from a CUDA graph (.iteration)
 
 
 @dataclass
@@ -58,6 +60,7 @@ def optimize_frame(
         lbfgs, adam = None, torch.optim.Adam([image], lr=settings.learning_rate)
     else:
         raise ValueError(f"unknown optimizer {settings.method!r} (lbfgs, adam)")
+    iteration = make_iteration(image, objective, vgg, lbfgs, adam, settings.cuda_graphs, settings.iterations)
     # Losses stay on the device and are read back in batches: on a GPU a .item() per iteration would
     # make it wait for the host every time. On the CPU there is nothing to wait for.
     readback = settings.readback_interval or (1 if image.device.type == "cpu" else 10)
@@ -68,17 +71,10 @@ def optimize_frame(
     for done in range(1, settings.iterations + 1):
         if should_stop is not None and should_stop():
             raise Cancelled("cancelled")
-        total = objective.terms(image, vgg)["total"]
-        (grad,) = torch.autograd.grad(total, image)
-        pending.append(total.detach())
-        if lbfgs is not None:
-            lbfgs.step(image.data.view(-1), grad)
-        else:
-            image.grad = grad
-            adam.step()
+        pending.append(iteration.step())
         if len(pending) < readback and done < settings.iterations:
             continue
-        values = torch.stack(pending + ([lbfgs.stalled.to(total.dtype)] if lbfgs is not None else [])).tolist()
+        values = torch.stack(pending + ([lbfgs.stalled.to(pending[0].dtype)] if lbfgs is not None else [])).tolist()
         stalled = lbfgs is not None and values.pop() > 0
         first = done - len(pending) + 1
         pending.clear()
