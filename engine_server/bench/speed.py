@@ -8,7 +8,10 @@ for every row, early stop off so that each schedule runs its whole budget: secon
 total loss at full resolution (the figure the pyramid must reach: within 5 % of the reference's in at
 most 25 % of its time), first- and last-frame style loss, e_stab against ground-truth flow, peak GPU
 memory. One row per schedule and precision; the last row is the default run (pyramid, early stop on).
-Table 2, a real clip at production sizes with the defaults (pyramid, early stop, automatic precision):
+Table 2 (``--sweep N,N,...``), the contract by iteration count on Sintel's first frame (content init, per
+frame, automatic precision): the loss and time of a flat run of N iterations beside the pyramid's for the
+same N; then both schedules with early stop at the largest N, as users run them.
+Table 3, a real clip at production sizes with the defaults (pyramid, early stop, automatic precision):
 seconds per frame end to end (flow included), how long the optimization waited for flow, peak GPU
 memory, and the process's resident memory after the second and the last frame (flat means no frame is
 kept). Needs ../shared/data beside the project.
@@ -77,6 +80,9 @@ def schedule_table(args, styles) -> None:
     runs = [(f"{schedule}", precision, dict(schedule=schedule, precision=precision, early_stop=False))
             for precision in precisions for schedule in ("reference", "pyramid")]
     runs.append(("pyramid, early stop", "auto", dict(schedule="pyramid", precision="auto", early_stop=True)))
+    if args.cuda_graphs:
+        runs.append(("pyramid, early stop, CUDA graphs", "auto",
+                     dict(schedule="pyramid", precision="auto", early_stop=True, cuda_graphs=True)))
     rows, baseline = [], None
     for label, precision, extra in runs:
         timed = Timed(styles, StylizeOptions(**common, **extra))
@@ -95,20 +101,54 @@ def schedule_table(args, styles) -> None:
                        "loss / first row", "style loss first", "style loss last", "e_stab", "peak GPU MiB"]))
 
 
+def sweep_table(args, styles) -> None:
+    frames, _, _, size = sintel(args.size, args.width)
+    first = frames[:1]
+    common = dict(mode="per-frame", device=args.device, precision="auto")
+
+    def once(schedule: str, n: int, early_stop: bool = False):
+        (result,) = Stylizer(styles, StylizeOptions(**common, schedule=schedule, early_stop=early_stop,
+                                                     first_iterations=n)).run(first)
+        return result.losses["total"], result.seconds
+
+    rows, flat = [], {}
+    for n in args.sweep:
+        flat[n] = once("reference", n)
+        loss, seconds = once("pyramid", n)
+        rows.append([str(n), f"{flat[n][0]:.5g}", f"{loss:.5g}", f"{loss / flat[n][0]:.3f}", f"{flat[n][1]:.1f}",
+                     f"{seconds:.1f}", f"{seconds / flat[n][1]:.2f}"])
+        print(f"  sweep N={n}: {rows[-1][3]} of the flat loss in {rows[-1][6]} of its time", file=sys.stderr)
+    longest = max(args.sweep)
+    stopped = []
+    for name in ("reference", "pyramid"):
+        loss, seconds = once(name, longest, early_stop=True)
+        stopped.append([name, f"{loss:.5g}", f"{loss / flat[longest][0]:.3f}", f"{seconds:.1f}",
+                        f"{seconds / flat[longest][1]:.2f}"])
+    print(f"\nContract by iteration count: MPI-Sintel alley_1 frame 1 at {size[0]}x{size[1]}, per frame, early stop "
+          f"off, device {device_name(args.device)}")
+    print(table(rows, ["N", "flat loss", "pyramid loss", "pyramid / flat", "flat s", "pyramid s",
+                       "pyramid time / flat"]))
+    print(f"\nThe same frame with early stop (as users run it), N = {longest}, against the flat run of N:")
+    print(table(stopped, ["schedule", "loss", "loss / flat", "s", "time / flat"]))
+
+
 def clip_table(args, styles) -> None:
-    header = ["size", "frames", "precision", "s/frame (all in)", "flow wait s/frame", "peak GPU MiB",
+    header = ["size", "frames", "precision", "CUDA graphs", "s/frame (all in)", "flow wait s/frame", "peak GPU MiB",
               "host MiB after frame 2", "host MiB at the end"]
     print(f"\nProduction sizes: {args.clip.name}, temporal mode, pyramid, early stop, "
           f"iterations {2 * args.clip_iterations}/{args.clip_iterations}, device {device_name(args.device)}")
     print(table([], header), flush=True)
-    for i, size in enumerate(args.clip_sizes):
-        count = args.clip_frames[min(i, len(args.clip_frames) - 1)]
+    graph_settings = (False, True) if args.cuda_graphs else (False,)
+    runs = [(size, graphs) for size in args.clip_sizes for graphs in graph_settings]
+    for size, graphs in runs:
+        which = args.clip_sizes.index(size)
+        count = args.clip_frames[min(which, len(args.clip_frames) - 1)]
         clip = open_frames(args.clip, size[0])
         count = min(count, len(clip))
         frames = [np.ascontiguousarray(clip[i]) for i in range(count)]
         frames = [f if f.shape[:2] == (size[1], size[0]) else _fit(f, size) for f in frames]
         options = StylizeOptions(mode="temporal", device=args.device, iterations=args.clip_iterations,
-                                 first_iterations=2 * args.clip_iterations)
+                                 first_iterations=2 * args.clip_iterations, cuda_graphs=graphs)
         timed = Timed(styles, options)
         resident = {}
 
@@ -118,7 +158,8 @@ def clip_table(args, styles) -> None:
 
         _, seconds, peak = timed.run(frames, on_frame)
         later = [r for i, r in resident.items() if i >= 2]
-        row = [f"{size[0]}x{size[1]}", str(count), timed.stylizer.precision, f"{seconds / count:.2f}",
+        row = [f"{size[0]}x{size[1]}", str(count), timed.stylizer.precision, "on" if graphs else "off",
+               f"{seconds / count:.2f}",
                f"{timed.flow_wait / max(1, count - 1):.3f}", "-" if peak is None else f"{peak:.0f}",
                _mib(resident.get(2)), _mib(later[-1] if later else None)]
         print(table([row], header).splitlines()[-1], flush=True)  # one row as soon as it is measured
@@ -156,6 +197,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--clip-frames", type=lambda t: [int(n) for n in t.split(",")], default=[24],
                         help="frames per clip size, comma-separated (default 24); the last repeats")
     parser.add_argument("--clip-iterations", type=int, default=1000, help="later frames (first: twice)")
+    parser.add_argument("--sweep", type=lambda t: [int(n) for n in t.split(",")], default=[],
+                        help="comma-separated iteration counts for the contract-by-N table (default: none)")
+    parser.add_argument("--cuda-graphs", action="store_true",
+                        help="also run the default schedule with --cuda-graphs (a row in each table)")
     parser.add_argument("--skip-schedules", action="store_true", help="leave out the schedules table")
     args = parser.parse_args(argv)
     if not DATA.is_dir():
@@ -166,6 +211,8 @@ def main(argv: list[str] | None = None) -> int:
     styles = [args.style]
     if not args.skip_schedules:
         schedule_table(args, styles)
+    if args.sweep:
+        sweep_table(args, styles)
     if args.clip_sizes:
         clip_table(args, styles)
     return 0
