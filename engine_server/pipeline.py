@@ -34,6 +34,7 @@ from .style.targets import StyleTargets, fit_style, image_tensor, style_pixels_n
 from .style.vgg import CONTENT_LAYERS, load_vgg19
 
 WARM_STOP_WINDOW = 10  # iterations: the early-stop window of warm-started frames
+WARM_REMAINING = 1e-3  # warm-started frames stop when less than this share of the loss is still to gain
 
 @dataclass
 class Progress:
@@ -248,9 +249,9 @@ class _Run:
         grams, strength = self.targets_at(size).blend(self.style_weights[index])
         return Objective(content_feats, grams, strength, self.s.weights, list(constraints), temporal_weight)
 
-    def levels(self, iterations: int, schedule_name: str | None = None) -> list[schedule.Level]:
+    def levels(self, iterations: int, schedule_name: str | None = None, warm: bool = False) -> list[schedule.Level]:
         return schedule.plan(schedule_name or self.opts.schedule, self.source.size, iterations,
-                             self.opts.coarsest_side, self.cost_of)
+                             self.opts.coarsest_side, self.cost_of, warm)
 
     def optimize(self, index, init, content, constraints, iterations, total_work, temporal_weight=None,
                  pass_index=1, pass_count=1, schedule_name=None, warm_start=False) -> FrameOutcome:
@@ -260,7 +261,7 @@ class _Run:
         early stop looks at a shorter window at the reference's rate (1e-4 over 50 iterations is 2e-6
         per iteration, here measured over 10): a frame that has converged stops after 10-20 iterations
         instead of at least 50."""
-        levels = self.levels(iterations, schedule_name)
+        levels = self.levels(iterations, schedule_name, warm_start)
         planned = sum(level.iterations for level in levels)
         settings = OptimizerSettings(
             iterations, self.opts.optimizer, self.opts.learning_rate,
@@ -268,7 +269,8 @@ class _Run:
         )
         if warm_start:
             settings = replace(settings, tolerance_interval=WARM_STOP_WINDOW,
-                               tolerance=settings.tolerance * WARM_STOP_WINDOW / settings.tolerance_interval)
+                               tolerance=settings.tolerance * WARM_STOP_WINDOW / settings.tolerance_interval,
+                               remaining_tolerance=WARM_REMAINING)
         frames_done = len(self.finished)
         level_cost = [1.0]
 
@@ -361,7 +363,8 @@ class _Run:
         todo = [i for i in range(self.count) if i + 1 not in self.finished]
         shot_start = 0
         previous_content = None  # the last computed frame's content, for the stylized fill
-        total_work = sum(schedule.cost(self.levels(self._iterations_for(i)), self.cost_of) for i in todo)
+        total_work = sum(schedule.cost(self.levels(self._iterations_for(i), warm=self._warm(i)), self.cost_of)
+                         for i in todo)
         for index in range(self.count):
             if index + 1 in self.finished:
                 earlier_output = self.done.pop(index + 1)
@@ -413,9 +416,12 @@ class _Run:
         self._emit(Progress("done", self.count, self.count, frames_done=self.count))
 
     def _iterations_for(self, index: int) -> int:
-        if self.opts.mode == "per-frame" or index == 0:
-            return self.first_iterations
-        return self.later_iterations
+        return self.later_iterations if self._warm(index) else self.first_iterations
+
+    def _warm(self, index: int) -> bool:
+        """Whether the frame is expected to start from the previous output (a cut, found later, may still
+        make it a first frame)."""
+        return self.opts.mode != "per-frame" and index > 0
 
     # -- multi-pass ------------------------------------------------------------------------------
     def multipass(self) -> Iterator[FrameResult]:

@@ -1,4 +1,6 @@
 """The Python API on tiny synthetic clips: order, progress, cancel, resume, modes."""
+import math
+
 import numpy as np
 import pytest
 import torch
@@ -150,20 +152,28 @@ def test_warm_started_frames_stop_on_a_short_window(monkeypatch):
     first frames and per-frame mode keep the reference's 1e-4 over 50 iterations."""
     from engine_server import pipeline
 
-    seen = []
+    seen, plans = [], []
     real = pipeline.optimize_levels
 
     def recording(init, levels, objective_at, vgg, settings, *rest):
-        seen.append((settings.tolerance_interval, settings.tolerance))
+        seen.append((settings.tolerance_interval, settings.tolerance, settings.remaining_tolerance))
+        plans.append(levels)
         return real(init, levels, objective_at, vgg, settings, *rest)
 
     monkeypatch.setattr(pipeline, "optimize_levels", recording)
+    clip = moving_clip(3)
+    size = (clip[0].shape[1], clip[0].shape[0])
     for mode in ("temporal", "per-frame"):
-        list(Stylizer([style_image()], StylizeOptions(mode=mode, iterations=1, first_iterations=1,
-                                                      device="cpu")).run(moving_clip(3)))
+        list(Stylizer([style_image()], StylizeOptions(mode=mode, iterations=20, first_iterations=20, coarsest_side=16,
+                                                      device="cpu", early_stop=True)).run(clip))
     window = pipeline.WARM_STOP_WINDOW
-    warm = (window, pytest.approx(1e-4 * window / 50))
-    assert seen == [(50, 1e-4), warm, warm, (50, 1e-4), (50, 1e-4), (50, 1e-4)]
+    warm = (window, pytest.approx(1e-4 * window / 50), pipeline.WARM_REMAINING)
+    cold = (50, 1e-4, None)
+    assert seen == [cold, warm, warm, cold, cold, cold]
+    # warm starts skip the coarse levels and spend the pyramid's budget at full size
+    from engine_server.optimize.schedule import BUDGET, Level
+    assert len(plans[0]) > 1 and plans[0][-1].size == size
+    assert plans[1] == plans[2] == [Level(size, math.ceil(BUDGET * 20))]
 
 
 def test_warm_start_window_stops_a_converged_frame_early():

@@ -40,6 +40,32 @@ def test_plan_spends_most_iterations_coarse_within_budget(size, iterations):
     assert schedule.cost(levels) >= 0.15 * iterations
 
 
+@pytest.mark.parametrize("size", [(1280, 720), (384, 164)])
+def test_warm_starts_spend_the_budget_at_full_size(size):
+    """A later frame of a shot starts stylized at every scale: one full-size level, the same budget."""
+    cold = schedule.plan("pyramid", size, 1000)
+    warm = schedule.plan("pyramid", size, 1000, warm=True)
+    assert warm == [schedule.Level(size, 220)]
+    assert schedule.cost(warm) == pytest.approx(schedule.BUDGET * 1000)
+    assert schedule.cost(warm) >= schedule.cost(cold)
+    assert schedule.plan("reference", size, 1000, warm=True) == [schedule.Level(size, 1000)]
+
+
+def test_remaining_gain_extrapolates_a_geometric_descent():
+    from engine_server.optimize.optimizer import remaining_gain
+
+    floor, window = 100.0, 10
+    losses = [floor + 50.0 * 0.95 ** k for k in range(45)]  # gains shrink by 0.95^10 = 0.6 per window
+    assert remaining_gain(losses, window) == pytest.approx(losses[-1] - floor, rel=1e-9)
+    fast = [floor + 50.0 * 0.5 ** k for k in range(21)]     # by 0.001 per window: taken as 1/2
+    assert remaining_gain(fast, window) == pytest.approx(fast[-11] - fast[-1])
+    assert remaining_gain(losses[:2 * window], window) == float("inf")       # two windows needed
+    assert remaining_gain([100.0 - k for k in range(30)], window) == float("inf")  # not slowing down
+    assert remaining_gain([100.0] * 30, window) == 0.0                              # going nowhere
+    uphill = losses[:22] + [losses[12] + 5.0]  # the last window went up
+    assert remaining_gain(uphill, window) == float("inf")
+
+
 def test_reference_schedule_is_flat():
     assert schedule.plan("reference", (1280, 720), 1000) == [schedule.Level((1280, 720), 1000)]
     with pytest.raises(ValueError):

@@ -77,8 +77,9 @@ def schedule_table(args, styles) -> None:
     precisions = args.precisions.split(",")
     common = dict(mode="temporal", device=args.device, iterations=args.iterations,
                   first_iterations=args.first_iterations, long_term=(1, 2, 4))
+    schedules = ("pyramid",) if args.skip_reference else ("reference", "pyramid")
     runs = [(f"{schedule}", precision, dict(schedule=schedule, precision=precision, early_stop=False))
-            for precision in precisions for schedule in ("reference", "pyramid")]
+            for precision in precisions for schedule in schedules]
     runs.append(("pyramid, early stop", "auto", dict(schedule="pyramid", precision="auto", early_stop=True)))
     if args.cuda_graphs:
         runs.append(("pyramid, early stop, CUDA graphs", "auto",
@@ -201,6 +202,9 @@ def main(argv: list[str] | None = None) -> int:
                         help="comma-separated iteration counts for the contract-by-N table (default: none)")
     parser.add_argument("--cuda-graphs", action="store_true",
                         help="also run the default schedule with --cuda-graphs (a row in each table)")
+    parser.add_argument("--skip-reference", action="store_true",
+                        help="leave the reference schedule's rows out of the schedules table (ratios are then "
+                             "against the first pyramid row)")
     parser.add_argument("--skip-schedules", action="store_true", help="leave out the schedules table")
     args = parser.parse_args(argv)
     if not DATA.is_dir():

@@ -2,7 +2,8 @@
 
 L-BFGS (history 100, unit step, no line search, as the reference; :mod:`.lbfgs`) or Adam, one iteration
 per step so progress is reported and cancellation honoured between iterations. Early stop as the reference:
-when the loss changed by less than 1e-4 (relative) over the last 50 iterations.
+when the loss changed by less than 1e-4 (relative) over the last 50 iterations; with ``remaining_tolerance``
+(warm starts) also when the gain still to come, extrapolated from the last windows, is that small.
 """
 from __future__ import annotations
 
@@ -32,6 +33,7 @@ class OptimizerSettings:
     readback_interval: int | None = None  # iterations between loss read-backs; None: 1 on CPU, 10 on GPU
     max_step: float | None = 64.0   # L-BFGS: the most any pixel moves in one iteration (pixel units); see .lbfgs
     cuda_graphs: bool = False       # L-BFGS on CUDA: replay each level's iteration from a CUDA graph (.iteration)
+    remaining_tolerance: float | None = None  # also stop when the gain still to come is below this share of the loss
 
 
 @dataclass
@@ -116,7 +118,31 @@ def _converged(history: list[float], settings: OptimizerSettings) -> bool:
     if not settings.early_stop or len(history) <= n:
         return False  # checked at every read-back once a whole window exists
     before, now = history[-1 - n], history[-1]
-    return abs(before - now) <= settings.tolerance * abs(now)
+    if abs(before - now) <= settings.tolerance * abs(now):
+        return True
+    tolerance = settings.remaining_tolerance
+    return tolerance is not None and remaining_gain(history, n) <= tolerance * abs(now)
+
+
+def remaining_gain(history: list[float], window: int) -> float:
+    """The loss decrease still to come, extrapolated from the last two windows: a converging L-BFGS run's
+    gains shrink about geometrically, by r = (gain of the last window) / (gain of the one before), so
+    what remains is the last gain times r / (1 - r). r is taken as at least 1/2: a warm start's first
+    iterations repair the hand-over fast, and that fast drop says nothing about how slowly the rest goes
+    (without the floor, Sintel frames stopped after 23 iterations, 3 % short). Infinite while the gains
+    are not shrinking."""
+    if len(history) <= 2 * window:
+        return float("inf")
+    older, newer = history[-1 - 2 * window] - history[-1 - window], history[-1 - window] - history[-1]
+    if newer <= 0 and older <= 0:
+        return 0.0  # no progress over two windows
+    if newer <= 0 or older <= newer:
+        return float("inf")  # a window that went uphill, or gains still growing: nothing to extrapolate
+    ratio = max(MIN_GAIN_RATIO, newer / older)
+    return newer * ratio / (1 - ratio)
+
+
+MIN_GAIN_RATIO = 0.5
 
 
 def optimize_levels(
