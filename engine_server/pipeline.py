@@ -257,10 +257,11 @@ class _Run:
                  pass_index=1, pass_count=1, schedule_name=None, warm_start=False) -> FrameOutcome:
         """One frame on its schedule's levels; content, constraints and init are given at full size.
 
-        A warm start (the previous output carried along the flow) begins close to its optimum, so its
-        early stop looks at a shorter window at the reference's rate (1e-4 over 50 iterations is 2e-6
-        per iteration, here measured over 10): a frame that has converged stops after 10-20 iterations
-        instead of at least 50."""
+        A warm start (the previous output carried along the flow) begins close to its optimum at every
+        scale: it runs at full size only (:func:`schedule.plan`), and its early stop looks at a shorter
+        window at the reference's rate (1e-4 over 50 iterations is 2e-6 per iteration, here measured over
+        10) or stops once the gain still to come is under WARM_REMAINING of the loss
+        (:func:`~.optimize.optimizer.remaining_gain`)."""
         levels = self.levels(iterations, schedule_name, warm_start)
         planned = sum(level.iterations for level in levels)
         settings = OptimizerSettings(
