@@ -384,7 +384,7 @@ class _Run:
             if flows is not None and index > 0:
                 self._emit(Progress("flow", index + 1, self.count))
                 earlier = flows.pairs(index)
-                if earlier[0][0] == 1:
+                if earlier and earlier[0][0] == 1:
                     cut = cuts.detect_cut(self.source[index - 1], rgb, earlier[0][1].b_to_a,
                                           earlier[0][1].certainty_on_b)
                 if cut is not None and cut.is_cut:
@@ -400,12 +400,13 @@ class _Run:
                     fill = self.painting(rgb, index) if self.opts.init == "fast" else temporal.stylized_fill(
                         content, outputs[index - 1], previous_content, earlier[0][1].b_to_a)
                     init = temporal.initialization(content, warped_prev, mask, fill)
+            warm = init is not None  # started from the previous output carried along the flow
             if init is None:
                 init = self.first_image(content, rgb, index)
             first_of_shot = index == shot_start or self.opts.mode == "per-frame"
             iterations = self.first_iterations if first_of_shot else self.later_iterations
             outcome = self.optimize(index, init, content, constraints, iterations, total_work,
-                                    warm_start=not first_of_shot)
+                                    warm_start=warm and not first_of_shot)
             previous_content = content
             outputs[index] = outcome.image
             outputs.pop(index - keep, None)
@@ -422,7 +423,7 @@ class _Run:
     def _warm(self, index: int) -> bool:
         """Whether the frame is expected to start from the previous output (a cut, found later, may still
         make it a first frame)."""
-        return self.opts.mode != "per-frame" and index > 0
+        return self.opts.mode != "per-frame" and index > 0 and 1 in self.opts.long_term
 
     # -- multi-pass ------------------------------------------------------------------------------
     def multipass(self) -> Iterator[FrameResult]:

@@ -176,6 +176,14 @@ def test_warm_started_frames_stop_on_a_short_window(monkeypatch):
     assert plans[1] == plans[2] == [Level(size, math.ceil(BUDGET * 20))]
 
 
+def test_long_term_distances_without_the_previous_frame():
+    """--long-term 2 alone: frame 2 has no earlier frame to be held to or warm-started from (it used to
+    fail reading the missing pair), frame 3 is held to frame 1."""
+    results = list(stylize(moving_clip(3), [style_image()], long_term=(2,), **FAST))
+    assert [r.index for r in results] == [1, 2, 3]
+    assert results[1].losses["temporal"] == 0 and results[2].losses["temporal"] > 0
+
+
 def test_warm_start_window_stops_a_converged_frame_early():
     """From an image at its optimum, the warm-start window stops after one window, not 50 iterations."""
     from engine_server.optimize.objective import LossWeights, Objective

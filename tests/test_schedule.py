@@ -61,9 +61,26 @@ def test_remaining_gain_extrapolates_a_geometric_descent():
     assert remaining_gain(fast, window) == pytest.approx(fast[-11] - fast[-1])
     assert remaining_gain(losses[:2 * window], window) == float("inf")       # two windows needed
     assert remaining_gain([100.0 - k for k in range(30)], window) == float("inf")  # not slowing down
-    assert remaining_gain([100.0] * 30, window) == 0.0                              # going nowhere
-    uphill = losses[:22] + [losses[12] + 5.0]  # the last window went up
+    assert remaining_gain([100.0] * 30, window) == float("inf")  # flat: the rate test's case, not this one
+    uphill = losses[:22] + [losses[12] + 5.0]  # the last window went up: go on, do not keep the worse image
     assert remaining_gain(uphill, window) == float("inf")
+
+
+def test_warm_starts_stop_on_the_gain_still_to_come():
+    """A geometric descent whose per-window change is still far above the rate test's threshold stops
+    once less than the tolerance is left to gain; without the tolerance (first frames) it goes on."""
+    from engine_server.optimize.optimizer import OptimizerSettings, _converged
+
+    losses = [1000.0 + 500.0 * 0.95 ** k for k in range(160)]  # gains shrink by 0.6 per 10 iterations
+    warm = OptimizerSettings(100, tolerance_interval=10, tolerance=2e-5, remaining_tolerance=1e-3)
+    cold = OptimizerSettings(100, tolerance_interval=10, tolerance=2e-5)
+    stop = next(n for n in range(21, 161) if _converged(losses[:n], warm))
+    left = losses[stop - 1] - 1000.0
+    assert left <= 1e-3 * losses[stop - 1] < (losses[stop - 2] - 1000.0)    # the first point with <= 0.1 % left
+    assert (losses[stop - 11] - losses[stop - 1]) > 2e-5 * losses[stop - 1]  # the rate test alone would go on
+    assert not any(_converged(losses[:n], cold) for n in range(21, stop + 1))
+    rising = losses[:30] + [losses[19] + 50.0]
+    assert not _converged(rising, warm)
 
 
 def test_reference_schedule_is_flat():

@@ -134,10 +134,10 @@ def remaining_gain(history: list[float], window: int) -> float:
     if len(history) <= 2 * window:
         return float("inf")
     older, newer = history[-1 - 2 * window] - history[-1 - window], history[-1 - window] - history[-1]
-    if newer <= 0 and older <= 0:
-        return 0.0  # no progress over two windows
     if newer <= 0 or older <= newer:
-        return float("inf")  # a window that went uphill, or gains still growing: nothing to extrapolate
+        # no gain in the last window (uphill: a unit step can climb for a while, and stopping would keep the
+        # worse image), or gains still growing: nothing to extrapolate. A flat loss is the rate test's case.
+        return float("inf")
     ratio = max(MIN_GAIN_RATIO, newer / older)
     return newer * ratio / (1 - ratio)
 
