@@ -54,6 +54,19 @@ def nonconvex(n, seed):
     return lambda x: torch.log1p((x - c) ** 2).sum() + 0.05 * (x ** 2).sum() + 0.3 * torch.sin(x).sum()
 
 
+def stripes_problem(net, size, seed, device="cpu"):
+    """(content, objective): a random frame of size x size against a striped painting, in ``net``'s dtype."""
+    dtype = next(net.parameters()).dtype
+    rng = np.random.default_rng(seed)
+    content = image_tensor(rng.integers(0, 255, (size, size, 3)).astype(np.uint8), device).to(dtype)
+    stripes = np.zeros((size, size, 3), np.uint8)
+    stripes[::4] = (255, 200, 0)
+    grams, strength = StyleTargets([stripes], net, (size, size), device).blend(np.array([1.0]))
+    with torch.no_grad():
+        feats = net(content, CONTENT_LAYERS)
+    return content, Objective(feats, grams, strength, LossWeights())
+
+
 @pytest.mark.parametrize("problem,history,steps", [(quadratic, 5, 40), (quadratic, 100, 25), (nonconvex, 4, 40)])
 def test_same_iterates_as_torch_lbfgs(problem, history, steps):
     loss_fn = problem(30, 1)
@@ -117,15 +130,7 @@ def test_vgg_objective_matches_torch_lbfgs():
     float64 runs part by tens of pixel values within 8 iterations), so float32 cannot tell a bug from
     round-off."""
     net = copy.deepcopy(load_vgg19("cpu")).double()
-    rng = np.random.default_rng(0)
-    content = image_tensor(rng.integers(0, 255, (32, 32, 3)).astype(np.uint8), "cpu").double()
-    stripes = np.zeros((32, 32, 3), np.uint8)
-    stripes[::4] = (255, 200, 0)
-    targets = StyleTargets([stripes], net, (32, 32), "cpu")
-    grams, strength = targets.blend(np.array([1.0]))
-    with torch.no_grad():
-        feats = net(content, CONTENT_LAYERS)
-    objective = Objective(feats, grams, strength, LossWeights())
+    content, objective = stripes_problem(net, 32, 0)
     loss_fn = lambda x: objective.terms(x, net)["total"]  # noqa: E731
     expected = torch_iterates(loss_fn, content, 10, 100)
     got = our_iterates(loss_fn, content, 10, 100)[0]
@@ -138,14 +143,7 @@ def test_max_step_bounds_every_move_and_still_converges():
     """The reference's unit step throws the VGG objective's pixels far out of range on its second
     iteration; with max_step no element moves more than the bound, and L-BFGS still converges."""
     net = copy.deepcopy(load_vgg19("cpu")).double()
-    rng = np.random.default_rng(0)
-    content = image_tensor(rng.integers(0, 255, (32, 32, 3)).astype(np.uint8), "cpu").double()
-    stripes = np.zeros((32, 32, 3), np.uint8)
-    stripes[::4] = (255, 200, 0)
-    grams, strength = StyleTargets([stripes], net, (32, 32), "cpu").blend(np.array([1.0]))
-    with torch.no_grad():
-        feats = net(content, CONTENT_LAYERS)
-    objective = Objective(feats, grams, strength, LossWeights())
+    content, objective = stripes_problem(net, 32, 0)
     loss_fn = lambda x: objective.terms(x, net)["total"]  # noqa: E731
     unbounded = our_iterates(loss_fn, content, 3, 100)[0]
     assert float((unbounded[1] - unbounded[0]).abs().max()) > 1000  # the excursion the bound prevents
@@ -207,13 +205,7 @@ def _stand_in_cuda(monkeypatch, graph_class):
 
 def _small_style_problem(seed):
     net = load_vgg19("cpu")
-    content = image_tensor(np.random.default_rng(seed).integers(0, 255, (24, 24, 3)).astype(np.uint8), "cpu")
-    stripes = np.zeros((24, 24, 3), np.uint8)
-    stripes[::4] = (255, 200, 0)
-    grams, strength = StyleTargets([stripes], net, (24, 24), "cpu").blend(np.array([1.0]))
-    with torch.no_grad():
-        feats = net(content, CONTENT_LAYERS)
-    return net, content, Objective(feats, grams, strength, LossWeights())
+    return (net, *stripes_problem(net, 24, seed))
 
 
 def _run_iterations(kind, net, content, objective, steps):
@@ -292,13 +284,7 @@ def test_graphed_iterations_match_eager_ones_on_cuda():
     from engine_server.optimize.iteration import WARMUP, GraphedIteration, Iteration
 
     net = copy.deepcopy(load_vgg19("cpu")).cuda()
-    content = image_tensor(np.random.default_rng(9).integers(0, 255, (64, 64, 3)).astype(np.uint8), "cuda")
-    stripes = np.zeros((64, 64, 3), np.uint8)
-    stripes[::4] = (255, 200, 0)
-    grams, strength = StyleTargets([stripes], net, (64, 64), "cuda").blend(np.array([1.0]))
-    with torch.no_grad():
-        feats = net(content, CONTENT_LAYERS)
-    objective = Objective(feats, grams, strength, LossWeights())
+    content, objective = stripes_problem(net, 64, 9, "cuda")
     steps = WARMUP + 20
     eager = _run_iterations(Iteration, net, content, objective, steps)
     graphed = _run_iterations(GraphedIteration, net, content, objective, steps)

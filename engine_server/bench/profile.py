@@ -23,8 +23,10 @@ For every level of the pyramid at the given size, and each precision, on a real 
 from __future__ import annotations
 
 import argparse
+import itertools
 import sys
 import time
+from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -73,10 +75,28 @@ def timed_ms(function, device: torch.device, repeats: int) -> float:
     return (time.perf_counter() - started) / repeats * 1000
 
 
-def run_iterations(kind, start: torch.Tensor, objective: Objective, vgg, device, steps: int, repeats: int):
+@dataclass
+class Run:
+    ms: float                      # per timed iteration
+    recording_ms: float | None     # the iteration that recorded (graphed runs only)
+    image: torch.Tensor            # after the last iteration
+    iteration: Iteration
+    peak_mib: float | None         # CUDA only
+
+
+@dataclass
+class LevelFigures:
+    network_ms: float
+    lbfgs_ms: float
+    eager: Run
+    graphed: Run | None            # None on the CPU, or when recording failed (the log says why)
+    rerun_diff: float              # largest pixel difference between two eager runs from one start
+    graphed_diff: float | None     # the same between the eager and the graphed run
+
+
+def run_iterations(kind, start: torch.Tensor, objective: Objective, vgg, device, steps: int, repeats: int) -> Run:
     """``steps`` iterations of ``kind`` (Iteration or GraphedIteration) from ``start``, the last ``repeats``
-    timed. Returns (ms per timed iteration, ms of the iteration that recorded (graphed only), final image,
-    the iteration, peak MiB on CUDA)."""
+    timed."""
     image = start.detach().clone().requires_grad_(True)
     lbfgs = LBFGS(image.numel(), SETTINGS.history, device, max_step=SETTINGS.max_step)
     iteration = kind(image, objective, vgg, lbfgs=lbfgs)
@@ -90,63 +110,64 @@ def run_iterations(kind, start: torch.Tensor, objective: Objective, vgg, device,
             iteration.step()
     ms = timed_ms(iteration.step, device, repeats)
     peak = torch.cuda.max_memory_allocated(device) / 2**20 if device.type == "cuda" else None
-    return ms, recording, image.detach(), iteration, peak
+    return Run(ms, recording, image.detach(), iteration, peak)
 
 
 def lbfgs_ms(numel: int, device, repeats: int) -> float:
     lbfgs = LBFGS(numel, SETTINGS.history, device, max_step=SETTINGS.max_step)
     x = torch.zeros(numel, device=device)
-    grads = [torch.randn(numel, device=device) for _ in range(2)]
-    state = {"i": 0}
+    grads = itertools.cycle([torch.randn(numel, device=device) for _ in range(2)])
 
     def step():
-        state["i"] += 1
-        lbfgs.step(x, grads[state["i"] % 2])
+        lbfgs.step(x, next(grads))
 
     for _ in range(3):
         step()
     return timed_ms(step, device, repeats)
 
 
+def measure_level(vgg, size, device, repeats: int, content_rgb, style_rgb) -> LevelFigures:
+    start, objective = level_problem(vgg, content_rgb, style_rgb, size, device)
+    steps = WARMUP + 1 + repeats  # the graphed run records at WARMUP + 1
+    eager = run_iterations(Iteration, start, objective, vgg, device, steps, repeats)
+    rerun = run_iterations(Iteration, start, objective, vgg, device, steps, repeats)
+    graphed = None
+    if device.type == "cuda":
+        graphed = run_iterations(GraphedIteration, start, objective, vgg, device, steps, repeats)
+        if graphed.iteration.graph is None:  # recording failed: it ran eagerly
+            graphed = None
+    return LevelFigures(
+        network_ms=seconds_per_iteration(vgg, size, device, repeats=repeats) * 1000,
+        lbfgs_ms=lbfgs_ms(start.numel(), device, repeats), eager=eager, graphed=graphed,
+        rerun_diff=float((eager.image - rerun.image).abs().max()),
+        graphed_diff=None if graphed is None else float((eager.image - graphed.image).abs().max()))
+
+
 def profile_precision(args, device, precision: str, content_rgb, style_rgb) -> list[list[str]]:
     vgg = load_vgg19(device, precision=precision)
     sizes = schedule.pyramid_sizes(args.size)
-    steps = WARMUP + 1 + args.repeats  # the graphed run records at WARMUP + 1
     measured = {}
     for size in sizes:
-        start, objective = level_problem(vgg, content_rgb, style_rgb, size, device)
-        network = seconds_per_iteration(vgg, size, device, repeats=args.repeats) * 1000
-        step = lbfgs_ms(start.numel(), device, args.repeats)
-        eager, _, eager_image, _, eager_peak = run_iterations(Iteration, start, objective, vgg, device, steps,
-                                                               args.repeats)
-        rerun_image = run_iterations(Iteration, start, objective, vgg, device, steps, args.repeats)[2]
-        graphed = recording = graphed_image = graphed_peak = None
-        if device.type == "cuda":
-            graphed, recording, graphed_image, iteration, graphed_peak = run_iterations(
-                GraphedIteration, start, objective, vgg, device, steps, args.repeats)
-            if iteration.graph is None:  # recording failed (the log says why); it ran eagerly
-                graphed = recording = graphed_image = graphed_peak = None
-        measured[size] = (network, step, eager, graphed, recording, eager_image, rerun_image, graphed_image,
-                          eager_peak, graphed_peak)
-        print(f"  {precision} {size[0]}x{size[1]}: eager {eager:.2f} ms"
-              + ("" if graphed is None else f", graphed {graphed:.2f} ms"), file=sys.stderr, flush=True)
+        level = measured[size] = measure_level(vgg, size, device, args.repeats, content_rgb, style_rgb)
+        print(f"  {precision} {size[0]}x{size[1]}: eager {level.eager.ms:.2f} ms"
+              + ("" if level.graphed is None else f", graphed {level.graphed.ms:.2f} ms"), file=sys.stderr, flush=True)
     full = measured[sizes[-1]]
     rows = []
     for size in sizes:
-        (network, step, eager, graphed, recording, eager_image, rerun_image, graphed_image, eager_peak,
-         graphed_peak) = measured[size]
-        rerun_diff = float((eager_image - rerun_image).abs().max())
-        graphed_diff = None if graphed_image is None else float((eager_image - graphed_image).abs().max())
+        level = measured[size]
+        eager, graphed = level.eager, level.graphed
         break_even = None
-        if graphed is not None and eager > graphed:
-            break_even = (recording - graphed) / (eager - graphed)
+        if graphed is not None and eager.ms > graphed.ms:
+            break_even = (graphed.recording_ms - graphed.ms) / (eager.ms - graphed.ms)
         rows.append([
-            f"{size[0]}x{size[1]}", vgg.precision, f"{network:.2f}", f"{step:.2f}", f"{eager:.2f}",
-            _fmt(graphed, ".2f"), _fmt(None if graphed is None else eager / graphed, ".2f"),
-            _fmt(recording, ".1f"), _fmt(break_even, ".0f"),
-            f"{network / full[0]:.3f}", f"{eager / full[2]:.3f}",
-            _fmt(None if graphed is None or full[3] is None else graphed / full[3], ".3f"),
-            f"{rerun_diff:.3g}", _fmt(graphed_diff, ".3g"), _fmt(eager_peak, ".0f"), _fmt(graphed_peak, ".0f"),
+            f"{size[0]}x{size[1]}", vgg.precision, f"{level.network_ms:.2f}", f"{level.lbfgs_ms:.2f}",
+            f"{eager.ms:.2f}",
+            _fmt(graphed and graphed.ms, ".2f"), _fmt(graphed and eager.ms / graphed.ms, ".2f"),
+            _fmt(graphed and graphed.recording_ms, ".1f"), _fmt(break_even, ".0f"),
+            f"{level.network_ms / full.network_ms:.3f}", f"{eager.ms / full.eager.ms:.3f}",
+            _fmt(graphed and full.graphed and graphed.ms / full.graphed.ms, ".3f"),
+            f"{level.rerun_diff:.3g}", _fmt(level.graphed_diff, ".3g"), _fmt(eager.peak_mib, ".0f"),
+            _fmt(graphed and graphed.peak_mib, ".0f"),
         ])
     return rows
 

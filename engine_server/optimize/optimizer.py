@@ -124,6 +124,9 @@ def _converged(history: list[float], settings: OptimizerSettings) -> bool:
     return tolerance is not None and remaining_gain(history, n) <= tolerance * abs(now)
 
 
+MIN_GAIN_RATIO = 0.5  # remaining_gain takes the per-window gain ratio as at least this
+
+
 def remaining_gain(history: list[float], window: int) -> float:
     """The loss decrease still to come, extrapolated from the last two windows: a converging L-BFGS run's
     gains shrink about geometrically, by r = (gain of the last window) / (gain of the one before), so
@@ -140,9 +143,6 @@ def remaining_gain(history: list[float], window: int) -> float:
         return float("inf")
     ratio = max(MIN_GAIN_RATIO, newer / older)
     return newer * ratio / (1 - ratio)
-
-
-MIN_GAIN_RATIO = 0.5
 
 
 def optimize_levels(
