@@ -11,6 +11,9 @@ the frame and whose colour agrees after warping (photometric error < 12/255).
 Table 2, style over a long shot: the temporal mode's style loss on the first and the last frame of a
 longer real clip, next to a fresh per-frame run on those two frames alone. A fading style would show
 as a last-frame ratio well above the first frame's.
+Table 3, style on fast motion: a handheld clip taken every k-th frame, so that much of each frame is
+new (the untrusted share is 1 - the mean short-term certainty). Each frame's style loss in the temporal
+mode beside a per-frame run of the same frame from scratch; the goal is at most 1.10.
 Needs ../shared/data beside the project.
 """
 from __future__ import annotations
@@ -23,6 +26,8 @@ import torch
 
 from ..io.frames import open_frames
 from ..metrics import stability_error
+from ..motion.flow import make_flow
+from ..motion.temporal import pair_flow
 from ..pipeline import StylizeOptions
 from .common import DATA, parse_size, run_mode, sintel, table
 
@@ -75,6 +80,32 @@ def long_shot_table(args, styles: list[str], common: dict) -> None:
                        "temporal / per-frame"]))
 
 
+def fast_motion_table(args, styles: list[str], common: dict) -> None:
+    """Table 3: is the temporal mode as stylized as per-frame where the flow carries little over?"""
+    clip = open_frames(args.fast_clip, args.fast_width)
+    picked = range(0, min(len(clip), args.fast_stride * args.fast_frames), args.fast_stride)
+    frames = [clip[i] for i in picked]
+    flow = make_flow("dis")
+    untrusted = [1 - float(pair_flow(flow, a, b).certainty_on_b.mean()) for a, b in zip(frames, frames[1:])]
+    temporal, temporal_s, _ = run_mode(styles, frames, StylizeOptions(mode="temporal", **common))
+    per_frame, per_frame_s, _ = run_mode(styles, frames, StylizeOptions(mode="per-frame", **common))
+    rows, ratios = [], []
+    for i, (ours, fresh) in enumerate(zip(temporal, per_frame)):
+        ratio = ours.losses["style"] / fresh.losses["style"]
+        if i:
+            ratios.append(ratio)
+        rows.append([str(i + 1), f"{untrusted[i - 1]:.2f}" if i else "-", f"{ours.iterations}",
+                     f"{ours.losses['style']:.4g}", f"{fresh.losses['style']:.4g}", f"{ratio:.3f}"])
+    count = len(frames)
+    print(f"\nStyle on fast motion: {Path(args.fast_clip).name}, every {args.fast_stride}th frame, {count} "
+          f"frames at {clip.size[0]}x{clip.size[1]}, iterations {args.first_iterations}/{args.iterations}; "
+          f"temporal {temporal_s / count:.2f} s/frame, per-frame {per_frame_s / count:.2f}; later frames' "
+          f"temporal / per-frame style loss: mean {sum(ratios) / len(ratios):.3f}, worst {max(ratios):.3f} "
+          f"(goal <= 1.10)")
+    print(table(rows, ["frame", "untrusted share", "temporal iterations", "style loss, temporal",
+                       "style loss, per-frame", "temporal / per-frame"]))
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m engine_server.bench modes", description=__doc__.splitlines()[0])
     parser.add_argument("--device", default="auto")
@@ -88,7 +119,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--long-clip", default=str(DATA / "video" / "big_buck_bunny.mp4"))
     parser.add_argument("--long-frames", type=int, default=24)
     parser.add_argument("--long-width", type=int, default=160)
+    parser.add_argument("--fast-clip", default=str(DATA / "video" / "cup.mp4"))
+    parser.add_argument("--fast-stride", type=int, default=6, help="take every k-th frame of --fast-clip")
+    parser.add_argument("--fast-frames", type=int, default=6)
+    parser.add_argument("--fast-width", type=int, default=192)
     parser.add_argument("--skip-long", action="store_true", help="leave out the long-shot table")
+    parser.add_argument("--skip-fast", action="store_true", help="leave out the fast-motion table")
     parser.add_argument("--skip-sintel", action="store_true", help="leave out the Sintel table")
     args = parser.parse_args(argv)
     if not DATA.is_dir():
@@ -101,6 +137,8 @@ def main(argv: list[str] | None = None) -> int:
         sintel_table(args, styles, common)
     if not args.skip_long:
         long_shot_table(args, styles, common)
+    if not args.skip_fast:
+        fast_motion_table(args, styles, common)
     return 0
 
 
