@@ -249,20 +249,21 @@ class _Run:
         grams, strength = self.targets_at(size).blend(self.style_weights[index])
         return Objective(content_feats, grams, strength, self.s.weights, list(constraints), temporal_weight)
 
-    def levels(self, iterations: int, schedule_name: str | None = None, warm: bool = False) -> list[schedule.Level]:
+    def levels(self, iterations: int, schedule_name: str | None = None, stylized: bool = False) -> list[schedule.Level]:
         return schedule.plan(schedule_name or self.opts.schedule, self.source.size, iterations,
-                             self.opts.coarsest_side, self.cost_of, warm)
+                             self.opts.coarsest_side, self.cost_of, stylized)
 
     def optimize(self, index, init, content, constraints, iterations, total_work, temporal_weight=None,
                  pass_index=1, pass_count=1, schedule_name=None, warm_start=False) -> FrameOutcome:
         """One frame on its schedule's levels; content, constraints and init are given at full size.
 
-        A warm start (the previous output carried along the flow) begins close to its optimum at every
-        scale: it runs at full size only (:func:`schedule.plan`), and its early stop looks at a shorter
-        window at the reference's rate (1e-4 over 50 iterations is 2e-6 per iteration, here measured over
-        10) or stops once the gain still to come is under WARM_REMAINING of the loss
+        A start already stylized at every scale (a warm start, or the network's painting with
+        ``--init fast``) runs at full size only (:func:`schedule.plan`). A warm start (the previous
+        output carried along the flow) also begins close to its optimum: its early stop looks at a
+        shorter window at the reference's rate (1e-4 over 50 iterations is 2e-6 per iteration, here
+        measured over 10) or stops once the gain still to come is under WARM_REMAINING of the loss
         (:func:`~.optimize.optimizer.remaining_gain`)."""
-        levels = self.levels(iterations, schedule_name, warm_start)
+        levels = self.levels(iterations, schedule_name, warm_start or self.opts.init == "fast")
         planned = sum(level.iterations for level in levels)
         settings = OptimizerSettings(
             iterations, self.opts.optimizer, self.opts.learning_rate,
@@ -364,7 +365,8 @@ class _Run:
         todo = [i for i in range(self.count) if i + 1 not in self.finished]
         shot_start = 0
         previous_content = None  # the last computed frame's content, for the stylized fill
-        total_work = sum(schedule.cost(self.levels(self._iterations_for(i), warm=self._warm(i)), self.cost_of)
+        total_work = sum(schedule.cost(self.levels(self._iterations_for(i), stylized=self._stylized_start(i)),
+                                       self.cost_of)
                          for i in todo)
         for index in range(self.count):
             if index + 1 in self.finished:
@@ -424,6 +426,10 @@ class _Run:
         """Whether the frame is expected to start from the previous output (a cut, found later, may still
         make it a first frame)."""
         return self.opts.mode != "per-frame" and index > 0 and 1 in self.opts.long_term
+
+    def _stylized_start(self, index: int) -> bool:
+        """Whether the frame is expected to start from an image stylized at every scale."""
+        return self._warm(index) or self.opts.init == "fast"
 
     # -- multi-pass ------------------------------------------------------------------------------
     def multipass(self) -> Iterator[FrameResult]:

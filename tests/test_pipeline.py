@@ -176,6 +176,32 @@ def test_warm_started_frames_stop_on_a_short_window(monkeypatch):
     assert plans[1] == plans[2] == [Level(size, math.ceil(BUDGET * 20))]
 
 
+def test_a_painted_start_skips_the_coarse_levels_but_keeps_the_first_frame_stop(monkeypatch):
+    """--init fast starts from the network's painting, stylized at every scale: like a warm start it runs
+    at full size only (a coarser level's hand-over would lose the painting's fine detail), but it is no
+    nearer its optimum than a cold start, so it keeps the reference's early stop."""
+    from engine_server import pipeline
+    from engine_server.optimize.schedule import BUDGET, Level
+
+    seen = []
+    real = pipeline.optimize_levels
+
+    def recording(init, levels, objective_at, vgg, settings, *rest):
+        seen.append((levels, settings.tolerance_interval, settings.remaining_tolerance))
+        return real(init, levels, objective_at, vgg, settings, *rest)
+
+    monkeypatch.setattr(pipeline, "optimize_levels", recording)
+    clip = moving_clip(1)
+    size = (clip[0].shape[1], clip[0].shape[0])
+    for init in ("fast", "content"):
+        list(Stylizer([style_image()], StylizeOptions(mode="per-frame", init=init, first_iterations=20,
+                                                      coarsest_side=16, device="cpu")).run(clip))
+    assert len(seen) == 2
+    painted, content = seen[:1], seen[1:]
+    assert all(entry == ([Level(size, math.ceil(BUDGET * 20))], 50, None) for entry in painted), painted
+    assert all(len(levels) > 1 and levels[-1].size == size for levels, _, _ in content), content
+
+
 def test_long_term_distances_without_the_previous_frame():
     """--long-term 2 alone: frame 2 has no earlier frame to be held to or warm-started from (it used to
     fail reading the missing pair), frame 3 is held to frame 1."""

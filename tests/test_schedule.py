@@ -44,11 +44,11 @@ def test_plan_spends_most_iterations_coarse_within_budget(size, iterations):
 def test_warm_starts_spend_the_budget_at_full_size(size):
     """A later frame of a shot starts stylized at every scale: one full-size level, the same budget."""
     cold = schedule.plan("pyramid", size, 1000)
-    warm = schedule.plan("pyramid", size, 1000, warm=True)
+    warm = schedule.plan("pyramid", size, 1000, stylized=True)
     assert warm == [schedule.Level(size, 220)]
     assert schedule.cost(warm) == pytest.approx(schedule.BUDGET * 1000)
     assert schedule.cost(warm) >= schedule.cost(cold)
-    assert schedule.plan("reference", size, 1000, warm=True) == [schedule.Level(size, 1000)]
+    assert schedule.plan("reference", size, 1000, stylized=True) == [schedule.Level(size, 1000)]
 
 
 def test_remaining_gain_extrapolates_a_geometric_descent():

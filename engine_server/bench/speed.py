@@ -8,7 +8,7 @@ for every row, early stop off so that each schedule runs its whole budget: secon
 total loss at full resolution (the figure the pyramid must reach: within 5 % of the reference's in at
 most 25 % of its time), first- and last-frame style loss, e_stab against ground-truth flow, peak GPU
 memory. One row per schedule and precision; the last row is the default run (pyramid, early stop on).
-Table 2 (``--sweep N,N,...``), the contract by iteration count on Sintel's first frame (content init, per
+Table 2 (``--sweep N,N,...``), the contract by iteration count on Sintel's first frame (``--init``, per
 frame, automatic precision): the loss and time of a flat run of N iterations beside the pyramid's for the
 same N; then both schedules with early stop at the largest N, as users run them.
 Table 3, a real clip at production sizes with the defaults (pyramid, early stop, automatic precision):
@@ -76,7 +76,7 @@ def schedule_table(args, styles) -> None:
     frames, flows, masks, size = sintel(args.size, args.width)
     precisions = args.precisions.split(",")
     common = dict(mode="temporal", device=args.device, iterations=args.iterations,
-                  first_iterations=args.first_iterations, long_term=(1, 2, 4))
+                  first_iterations=args.first_iterations, long_term=(1, 2, 4), init=args.init)
     schedules = ("pyramid",) if args.skip_reference else ("reference", "pyramid")
     runs = [(f"{schedule}", precision, dict(schedule=schedule, precision=precision, early_stop=False))
             for precision in precisions for schedule in schedules]
@@ -105,7 +105,7 @@ def schedule_table(args, styles) -> None:
 def sweep_table(args, styles) -> None:
     frames, _, _, size = sintel(args.size, args.width)
     first = frames[:1]
-    common = dict(mode="per-frame", device=args.device, precision="auto")
+    common = dict(mode="per-frame", device=args.device, precision="auto", init=args.init)
 
     def once(schedule: str, n: int, early_stop: bool = False):
         (result,) = Stylizer(styles, StylizeOptions(**common, schedule=schedule, early_stop=early_stop,
@@ -125,8 +125,8 @@ def sweep_table(args, styles) -> None:
         loss, seconds = once(name, longest, early_stop=True)
         stopped.append([name, f"{loss:.5g}", f"{loss / flat[longest][0]:.3f}", f"{seconds:.1f}",
                         f"{seconds / flat[longest][1]:.2f}"])
-    print(f"\nContract by iteration count: MPI-Sintel alley_1 frame 1 at {size[0]}x{size[1]}, per frame, early stop "
-          f"off, device {device_name(args.device)}")
+    print(f"\nContract by iteration count: MPI-Sintel alley_1 frame 1 at {size[0]}x{size[1]}, per frame, "
+          f"init {args.init}, early stop off, device {device_name(args.device)}")
     print(table(rows, ["N", "flat loss", "pyramid loss", "pyramid / flat", "flat s", "pyramid s",
                        "pyramid time / flat"]))
     print(f"\nThe same frame with early stop (as users run it), N = {longest}, against the flat run of N:")
@@ -149,7 +149,7 @@ def clip_table(args, styles) -> None:
         frames = [np.ascontiguousarray(clip[i]) for i in range(count)]
         frames = [f if f.shape[:2] == (size[1], size[0]) else _fit(f, size) for f in frames]
         options = StylizeOptions(mode="temporal", device=args.device, iterations=args.clip_iterations,
-                                 first_iterations=2 * args.clip_iterations, cuda_graphs=graphs)
+                                 first_iterations=2 * args.clip_iterations, cuda_graphs=graphs, init=args.init)
         timed = Timed(styles, options)
         resident = {}
 
@@ -191,6 +191,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--first-iterations", type=int, default=200, help="first frame (default 200)")
     parser.add_argument("--precisions", default="fp32", help="comma-separated: fp32,bf16 (default fp32)")
     parser.add_argument("--style", default=str(DATA / "styles" / "starry_night.jpg"))
+    parser.add_argument("--init", default="content", help="first frames start from: as stylize --init")
     parser.add_argument("--clip", type=lambda p: DATA / "video" / p if "/" not in p else p,
                         default=DATA / "video" / "big_buck_bunny.mp4")
     parser.add_argument("--clip-sizes", type=lambda t: [parse_size(s) for s in t.split(",") if s], default=[],

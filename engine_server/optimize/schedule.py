@@ -64,10 +64,11 @@ def pixel_cost(level_size: tuple[int, int], full_size: tuple[int, int]) -> float
 
 
 def plan(schedule: str, size: tuple[int, int], iterations: int, coarsest: int | None = None,
-         cost_of: CostModel = pixel_cost, warm: bool = False) -> list[Level]:
-    """The levels one frame runs, coarsest first; the last is always the full size. ``warm``: the frame
-    starts from the previous output (one full-size level with the pyramid's budget, where there is a
-    pyramid).
+         cost_of: CostModel = pixel_cost, stylized: bool = False) -> list[Level]:
+    """The levels one frame runs, coarsest first; the last is always the full size. ``stylized``: the
+    frame starts from an image already stylized at every scale (the previous output carried along the
+    flow, or the feed-forward network's painting): one full-size level with the pyramid's budget, where
+    there is a pyramid, because a coarser level's hand-over would throw away the fine detail it has.
 
     ``cost_of`` prices an iteration at a level relative to one at full size. On a GPU small levels cost
     more than their pixel share (fixed per-kernel costs), so the engine measures it (see
@@ -79,7 +80,7 @@ def plan(schedule: str, size: tuple[int, int], iterations: int, coarsest: int | 
     sizes = pyramid_sizes(size, coarsest)
     if len(sizes) == 1:  # too small to coarsen: the flat schedule
         return [Level(size, iterations)]
-    if warm:
+    if stylized:
         return [Level(size, max(1, math.ceil(BUDGET * iterations)))]
     full = max(1, math.ceil(FULL_SIZE_SHARE * iterations))
     share = (BUDGET - FULL_SIZE_SHARE) * iterations / (len(sizes) - 1)  # full-size iterations per level
