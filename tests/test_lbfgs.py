@@ -154,7 +154,7 @@ def test_max_step_bounds_every_move_and_still_converges():
     for _ in range(30):
         loss = loss_fn(x)
         (grad,) = torch.autograd.grad(loss, x)
-        losses.append(float(loss))
+        losses.append(float(loss.detach()))
         opt.step(x.data.view(-1), grad)
         assert float((x.detach() - before).abs().max()) <= 16.0 + 1e-9
         before = x.detach().clone()
