@@ -263,7 +263,7 @@ class _Run:
         shorter window at the reference's rate (1e-4 over 50 iterations is 2e-6 per iteration, here
         measured over 10) or stops once the gain still to come is under WARM_REMAINING of the loss
         (:func:`~.optimize.optimizer.remaining_gain`)."""
-        levels = self.levels(iterations, schedule_name, warm_start or self.opts.init == "fast")
+        levels = self.levels(iterations, schedule_name, self._stylized(warm_start))
         planned = sum(level.iterations for level in levels)
         settings = OptimizerSettings(
             iterations, self.opts.optimizer, self.opts.learning_rate,
@@ -365,7 +365,7 @@ class _Run:
         todo = [i for i in range(self.count) if i + 1 not in self.finished]
         shot_start = 0
         previous_content = None  # the last computed frame's content, for the stylized fill
-        total_work = sum(schedule.cost(self.levels(self._iterations_for(i), stylized=self._stylized_start(i)),
+        total_work = sum(schedule.cost(self.levels(self._iterations_for(i), stylized=self._stylized(self._warm(i))),
                                        self.cost_of)
                          for i in todo)
         for index in range(self.count):
@@ -420,16 +420,20 @@ class _Run:
         self._emit(Progress("done", self.count, self.count, frames_done=self.count))
 
     def _iterations_for(self, index: int) -> int:
-        return self.later_iterations if self._warm(index) else self.first_iterations
+        """The frame's iteration count as the loop below gives it, before any cut is known."""
+        if self.opts.mode == "per-frame" or index == 0:
+            return self.first_iterations
+        return self.later_iterations
 
     def _warm(self, index: int) -> bool:
         """Whether the frame is expected to start from the previous output (a cut, found later, may still
         make it a first frame)."""
         return self.opts.mode != "per-frame" and index > 0 and 1 in self.opts.long_term
 
-    def _stylized_start(self, index: int) -> bool:
-        """Whether the frame is expected to start from an image stylized at every scale."""
-        return self._warm(index) or self.opts.init == "fast"
+    def _stylized(self, warm: bool) -> bool:
+        """Whether a frame starts from an image stylized at every scale: the previous output carried
+        along the flow, or the network's painting."""
+        return warm or self.opts.init == "fast"
 
     # -- multi-pass ------------------------------------------------------------------------------
     def multipass(self) -> Iterator[FrameResult]:

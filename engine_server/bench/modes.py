@@ -97,7 +97,7 @@ def fast_motion_table(args, styles: list[str], common: dict) -> None:
         rows.append([str(i + 1), f"{untrusted[i - 1]:.2f}" if i else "-", f"{ours.iterations}",
                      f"{ours.losses['style']:.4g}", f"{fresh.losses['style']:.4g}", f"{ratio:.3f}"])
     count = len(frames)
-    print(f"\nStyle on fast motion: {Path(args.fast_clip).name}, every {args.fast_stride}th frame, {count} "
+    print(f"\nStyle on fast motion: {Path(args.fast_clip).name}, one frame in {args.fast_stride}, {count} "
           f"frames at {clip.size[0]}x{clip.size[1]}, iterations {args.first_iterations}/{args.iterations}; "
           f"temporal {temporal_s / count:.2f} s/frame, per-frame {per_frame_s / count:.2f}; later frames' "
           f"temporal / per-frame style loss: mean {sum(ratios) / len(ratios):.3f}, worst {max(ratios):.3f} "

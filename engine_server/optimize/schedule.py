@@ -11,8 +11,9 @@ iterations and the coarser levels split the rest of the budget evenly, so the co
 runs the most iterations. Each level starts from the level below, upsampled as a residual (the start
 image's own detail plus the upsampled change the coarser level made).
 
-A warm start (a later frame of a shot, begun from the previous output carried along the flow) is
-stylized at every scale already, so it skips the coarse levels and spends the same budget at full size:
+A start stylized at every scale already (a later frame of a shot, begun from the previous output
+carried along the flow, or the network's painting with ``--init fast``) skips the coarse levels and
+spends the same budget at full size:
 the hand-over from a coarser level costs more fine detail than it buys (measured on Sintel: a full-size
 result taken down and back up has 5x its loss, and warm frames ended 0.2-0.6 % lower without the coarse
 levels, with e_stab 2 % lower).
