@@ -10,6 +10,7 @@ import json
 import sys
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from tqdm import tqdm
 
@@ -17,10 +18,12 @@ from .arguments import Parser, add_scale_options, add_stylize_options, options_f
 from .errors import FlowBackendUnavailable, InputError, OutOfMemory, WeightsUnavailable, WorkerLost
 from .io.frames import finished_frames, frame_filename, open_frames, read_image, write_frame, write_video
 from .io.report import write_report
-from .pipeline import Progress, Stylizer
 from .scale.staging import Staging
 from .serve import keys, operator, server, submit  # the engine server's commands live with the service
 from .style.keyframes import load_style_weights
+
+if TYPE_CHECKING:
+    from .pipeline import Progress
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -77,6 +80,8 @@ class ProgressBar:
 
 
 def run_stylize(args) -> int:
+    from .pipeline import Stylizer  # torch loads here: the other commands start without it
+
     options = options_from_args(args)
     if args.ray and options.mode != "temporal":
         raise InputError(f"--ray runs the temporal mode; --mode {options.mode} runs on one machine (leave out --ray)")

@@ -161,3 +161,26 @@ def test_fast_mode_from_the_command_line(tmp_path, tiny_clip, tiny_style):
     named.write_text("not an image")
     bad = run_cli("stylize", tiny_clip, "--style", named, "--out", tmp_path / "bad", "--mode", "fast")
     assert bad.returncode == 2 and len(bad.stderr.strip().splitlines()) == 1 and str(named) in bad.stderr
+
+
+def test_commands_that_need_no_engine_start_without_torch(tmp_path):
+    """`submit`, `jobs`, `keygen`, `consistency` and --help loaded torch (3-4 s on a laptop) before they did anything."""
+    flo = tmp_path / "zero.flo"
+    with open(flo, "wb") as f:
+        f.write(b"PIEH" + np.array([4, 3], np.int32).tobytes() + np.zeros((3, 4, 2), np.float32).tobytes())
+    (tmp_path / "jobs").mkdir()
+    script = f"""
+import sys
+from engine_server.cli import main
+codes = [main(["jobs", "--jobs-dir", {str(tmp_path / "jobs")!r}]), main(["keygen", {str(tmp_path / "keys")!r}]),
+         main(["consistency", {str(flo)!r}, {str(flo)!r}, {str(tmp_path / "mask.pgm")!r}])]
+try:
+    main(["submit", "--help"])
+except SystemExit as exc:
+    codes.append(exc.code)
+print(codes, sorted(m for m in ("torch", "torchvision") if m in sys.modules))
+"""
+    result = subprocess.run([sys.executable, "-c", script], cwd=PROJECT_ROOT, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip().splitlines()[-1] == "[0, 0, 0, 0] []", result.stdout
+    assert (tmp_path / "keys" / "server.key").is_file() and (tmp_path / "mask.pgm").is_file()

@@ -650,7 +650,7 @@ def cancel_import_continue(tmp, address):
     prefs = bpy_case.enable()
     _remote(prefs, address)
     scene, source, frames = _clip_scene(tmp)
-    source.vse_style.iterations = 150
+    source.vse_style.iterations = 50  # frames 2 and 3 take seconds each: the cancel lands between them
     call(bpy.ops.vse_style.stylize, wait=False)
     jobs = addon().jobs
     record = lambda: bpy.context.scene.vse_style_jobs[0]  # noqa: E731
