@@ -20,7 +20,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 KIT=.gpu-kit
-PYTHON=${PYTHON:-python3}
+PYTHON=${PYTHON:-$( [ -x .venv/bin/python ] && echo .venv/bin/python || echo python3)}  # the project's venv here, the image's Python there
 DEVICE=${DEVICE:-cuda}
 
 pack() {
