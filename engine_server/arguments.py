@@ -70,10 +70,10 @@ def add_stylize_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--long-term", type=_distances, default=(1, 2, 4), metavar="J",
                         help="frame distances of the temporal constraints (default 1,2,4)")
     parser.add_argument("--optimizer", choices=("lbfgs", "adam"), default="lbfgs")
-    parser.add_argument("--init", choices=INITS, default="content",
+    parser.add_argument("--init", choices=INITS, default=StylizeOptions.init,
                         help="where the optimization starts on a shot's first frame (and, later, on the pixels "
-                             "the flow cannot carry over): content, noise, or fast (the feed-forward network's "
-                             "painting, which saves iterations)")
+                             "the flow cannot carry over): fast (the feed-forward network's painting, which "
+                             "saves iterations; the default), content (the reference's start) or noise")
     parser.add_argument("--content-weight", type=float, default=5.0)
     parser.add_argument("--style-weight", type=float, default=1e2)
     parser.add_argument("--temporal-weight", type=float, default=1e3)

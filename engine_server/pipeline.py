@@ -407,6 +407,12 @@ class _Run:
                 init = self.first_image(content, rgb, index)
             first_of_shot = index == shot_start or self.opts.mode == "per-frame"
             iterations = self.first_iterations if first_of_shot else self.later_iterations
+            if warm and not first_of_shot:  # pay for what changed: the new pixels get a first frame's share
+                untrusted = 1.0 - float(np.mean(earlier[0][1].certainty_on_b))
+                iterations = schedule.warm_iterations(self.opts.schedule, self.later_iterations,
+                                                      self.first_iterations, untrusted)
+                total_work += sum(schedule.cost(self.levels(n, stylized=True), self.cost_of) * sign
+                                  for n, sign in ((iterations, 1), (self.later_iterations, -1)))  # for the ETA
             outcome = self.optimize(index, init, content, constraints, iterations, total_work,
                                     warm_start=warm and not first_of_shot)
             previous_content = content

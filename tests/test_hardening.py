@@ -171,10 +171,11 @@ def test_worker_decodes_each_painting_to_the_jobs_size(tmp_path):
     job = JobStore(tmp_path).create({**JOB, "width": 64, "height": 48}, [png(big), png(big[:100, :100])], "token:t")
     job.spec["styles"] = ["big.png", "small.png"]
     job.style_files.append(job.style_files[0])  # two paintings: reuse the big one's file for the test
-    paintings = Worker._paintings(job, StylizeOptions(mode="per-frame"))
+    paintings = Worker._paintings(job, StylizeOptions(mode="per-frame", init="content"))
     assert [p.shape[0] * p.shape[1] <= 64 * 48 * 1.02 for p in paintings] == [True, True]
-    paintings = Worker._paintings(job, StylizeOptions(mode="fast"))
-    assert all(p.shape[0] * p.shape[1] <= 1024 * 1024 * 1.02 for p in paintings)
+    for network in (StylizeOptions(mode="fast"), StylizeOptions(mode="per-frame", init="fast")):
+        paintings = Worker._paintings(job, network)  # the network's style input is larger than the frame
+        assert all(64 * 48 < p.shape[0] * p.shape[1] <= 1024 * 1024 * 1.02 for p in paintings)
     assert paintings[0].shape[:2] != big.shape[:2], "a 2-megapixel painting is brought down"
 
 

@@ -95,7 +95,7 @@ def test_resume_continues_from_finished_frames():
     # (a few grey levels: L-BFGS's first steps amplify the +-0.5 rounding), far from a fresh start
     difference = np.abs(resumed[0].image.astype(int) - full[1].image.astype(int)).mean()
     fresh = list(stylize(clip[1:2], [style_image()], **FAST))[0].image
-    assert difference < 3.0 and difference < 0.5 * np.abs(fresh.astype(int) - full[1].image.astype(int)).mean()
+    assert difference < 5.0 and difference < 0.2 * np.abs(fresh.astype(int) - full[1].image.astype(int)).mean()
 
 
 def test_two_styles_with_per_frame_weights():
@@ -165,7 +165,7 @@ def test_warm_started_frames_stop_on_a_short_window(monkeypatch):
     size = (clip[0].shape[1], clip[0].shape[0])
     for mode in ("temporal", "per-frame"):
         list(Stylizer([style_image()], StylizeOptions(mode=mode, iterations=20, first_iterations=20, coarsest_side=16,
-                                                      device="cpu", early_stop=True)).run(clip))
+                                                      device="cpu", early_stop=True, init="content")).run(clip))
     window = pipeline.WARM_STOP_WINDOW
     warm = (window, pytest.approx(1e-4 * window / 50), pipeline.WARM_REMAINING)
     cold = (50, 1e-4, None)
@@ -199,6 +199,36 @@ def test_a_painted_start_skips_the_coarse_levels_but_keeps_the_first_frame_stop(
     painted, content = seen
     assert painted == ([Level(size, math.ceil(BUDGET * 20))], 50, None)
     assert len(content[0]) > 1 and content[0][-1].size == size and content[1:] == (50, None)
+
+
+def test_a_warm_frame_pays_a_first_frames_share_for_the_pixels_the_flow_could_not_carry(monkeypatch):
+    """Fast motion: the pixels new to the shot get their share of the first frame's budget (with the later
+    count alone such frames ended 10-16 % less stylized than on their own); the reference keeps its count."""
+    from engine_server import pipeline
+    from engine_server.motion.flow import make_flow
+    from engine_server.motion.temporal import pair_flow
+    from engine_server.optimize.schedule import BUDGET, Level
+
+    seen = []
+    real = pipeline.optimize_levels
+
+    def recording(init, levels, *rest):
+        seen.append(levels)
+        return real(init, levels, *rest)
+
+    monkeypatch.setattr(pipeline, "optimize_levels", recording)
+    clip = moving_clip(2, w=48, h=40)
+    clip[1] = clip[1].copy()
+    clip[1][:, :16] = clip[1][::-1, :16]  # a third of the frame with no match in the previous one
+    untrusted = 1.0 - float(np.mean(pair_flow(make_flow("dis"), clip[0], clip[1]).certainty_on_b))
+    assert 0.2 < untrusted < 0.8
+    for name in ("pyramid", "reference"):
+        list(Stylizer([style_image()], StylizeOptions(mode="temporal", first_iterations=60, iterations=20,
+                                                      schedule=name, coarsest_side=16, early_stop=False,
+                                                      device="cpu")).run(clip))
+    later = 20 + round(untrusted * 40)
+    assert seen[1] == [Level((48, 40), math.ceil(BUDGET * later))] and later > 20 + 8
+    assert seen[3] == [Level((48, 40), 20)]
 
 
 def test_long_term_distances_without_the_previous_frame():

@@ -1,9 +1,14 @@
-"""Coarse-to-fine schedule: level sizes, iteration budget, residual upsampling, per-level targets."""
+"""Coarse-to-fine schedule: level sizes, iteration budget, residual upsampling, per-level targets, and
+the quality contract on a tiny real frame."""
+from dataclasses import replace
+
 import numpy as np
 import pytest
 import torch
 
+from conftest import shared_path
 from engine_server import StylizeOptions, Stylizer
+from engine_server.io.frames import read_image
 from engine_server.optimize import schedule
 from engine_server.optimize.objective import LossWeights, Objective
 from engine_server.optimize.optimizer import OptimizerSettings, optimize_levels
@@ -83,6 +88,14 @@ def test_warm_starts_stop_on_the_gain_still_to_come():
     assert not _converged(rising, warm)
 
 
+def test_warm_frames_add_a_first_frames_share_for_what_changed():
+    assert schedule.warm_iterations("pyramid", 1000, 2000, 0.0) == 1000
+    assert schedule.warm_iterations("pyramid", 1000, 2000, 0.25) == 1250
+    assert schedule.warm_iterations("pyramid", 1000, 2000, 1.2) == 2000
+    assert schedule.warm_iterations("pyramid", 1000, 500, 0.5) == 1000  # never fewer than the later count
+    assert schedule.warm_iterations("reference", 1000, 2000, 0.5) == 1000  # the paper's fixed count
+
+
 def test_reference_schedule_is_flat():
     assert schedule.plan("reference", (1280, 720), 1000) == [schedule.Level((1280, 720), 1000)]
     with pytest.raises(ValueError):
@@ -118,7 +131,7 @@ def test_stylizer_runs_the_levels_and_reports_them():
     frame = np.asarray(rng.integers(40, 220, (64, 96, 3)), np.uint8)
     style = np.zeros((48, 48, 3), np.uint8)
     style[::4] = (250, 180, 20)
-    options = StylizeOptions(mode="per-frame", first_iterations=30, coarsest_side=16, device="cpu")
+    options = StylizeOptions(mode="per-frame", first_iterations=30, coarsest_side=16, device="cpu", init="content")
     stylizer = Stylizer([style], options)
     (result,) = list(stylizer.run([frame]))
     expected = schedule.plan("pyramid", (96, 64), 30, coarsest=16)
@@ -154,3 +167,24 @@ def test_measured_costs_price_small_levels_by_their_time():
     assert schedule.cost(measured, cost_of) <= schedule.BUDGET * 1000 * 1.02
     assert len(calls) == len(set(calls)) == len(measured)  # each size timed once
     assert cost_of((320, 180), size) == round(20 * seconds((320, 180)) / seconds(size)) / 20
+
+
+def test_the_default_reaches_the_flat_runs_loss_with_a_quarter_of_its_work():
+    """Issue 8's contract: `--first-iterations N` names the loss a flat full-size run of N iterations from
+    the content reaches; the defaults (pyramid, painted start) must come close with at most a quarter of
+    its work. On a frame this small and N = 100 the flat run is still descending fast, so the bound is
+    15 % (the 5 % goal holds from N = 300: README, Instant modes); the content start's pyramid ends at
+    1.66x here, so this fails without the painted start."""
+    frame = read_image(shared_path("flow", "sintel_alley_1", "frame_0001.png"))
+    style = read_image(shared_path("styles", "starry_night.jpg"))
+    n = 100
+    # coarsest_side 20: a pyramid at 192x82, as frames of production size have
+    defaults = StylizeOptions(mode="per-frame", first_iterations=n, width=192, coarsest_side=20, early_stop=False,
+                              device="cpu")
+    (fast,) = list(Stylizer([style], defaults).run([frame]))
+    (flat,) = list(Stylizer([style], replace(defaults, schedule="reference", init="content")).run([frame]))
+    assert defaults.init == "fast" and defaults.schedule == "pyramid"
+    assert flat.levels == [{"size": [192, 82], "iterations": n}]
+    work = schedule.cost([schedule.Level(tuple(lv["size"]), lv["iterations"]) for lv in fast.levels])
+    assert work <= 0.25 * n, fast.levels
+    assert fast.losses["total"] <= 1.15 * flat.losses["total"], (fast.losses, flat.losses)

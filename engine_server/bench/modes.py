@@ -28,6 +28,7 @@ from ..io.frames import open_frames
 from ..metrics import stability_error
 from ..motion.flow import make_flow
 from ..motion.temporal import pair_flow
+from ..options import INITS
 from ..pipeline import StylizeOptions
 from .common import DATA, parse_size, run_mode, sintel, table
 
@@ -38,7 +39,7 @@ def sintel_table(args, styles: list[str], common: dict) -> None:
         "per-frame": StylizeOptions(mode="per-frame", **common),
         "temporal": StylizeOptions(mode="temporal", **common),
         "multipass": StylizeOptions(mode="multipass", device=args.device, passes=args.passes,
-                                    iterations=args.pass_iterations),
+                                    iterations=args.pass_iterations, init=args.init),
     }
     rows = []
     for name, options in modes.items():
@@ -56,7 +57,7 @@ def sintel_table(args, styles: list[str], common: dict) -> None:
     device = "cuda" if torch.cuda.is_available() and args.device != "cpu" else "cpu"
     print(f"\nMPI-Sintel alley_1, 4 frames at {size[0]}x{size[1]}, device {device}, "
           f"iterations {args.first_iterations}/{args.iterations} (multipass {args.passes}x{args.pass_iterations}), "
-          f"torch threads {torch.get_num_threads()}")
+          f"init {args.init}, torch threads {torch.get_num_threads()}")
     print(table(rows, header))
 
 
@@ -98,7 +99,7 @@ def fast_motion_table(args, styles: list[str], common: dict) -> None:
                      f"{ours.losses['style']:.4g}", f"{fresh.losses['style']:.4g}", f"{ratio:.3f}"])
     count = len(frames)
     print(f"\nStyle on fast motion: {Path(args.fast_clip).name}, one frame in {args.fast_stride}, {count} "
-          f"frames at {clip.size[0]}x{clip.size[1]}, iterations {args.first_iterations}/{args.iterations}; "
+          f"frames at {clip.size[0]}x{clip.size[1]}, iterations {args.first_iterations}/{args.iterations}, init {args.init}; "
           f"temporal {temporal_s / count:.2f} s/frame, per-frame {per_frame_s / count:.2f}; later frames' "
           f"temporal / per-frame style loss: mean {sum(ratios) / len(ratios):.3f}, worst {max(ratios):.3f} "
           f"(goal <= 1.10)")
@@ -116,6 +117,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--passes", type=int, default=6)
     parser.add_argument("--pass-iterations", type=int, default=40)
     parser.add_argument("--style", default=str(DATA / "styles" / "starry_night.jpg"))
+    parser.add_argument("--init", choices=INITS, default=StylizeOptions.init,
+                        help=f"as stylize's --init (default {StylizeOptions.init})")
     parser.add_argument("--long-clip", default=str(DATA / "video" / "big_buck_bunny.mp4"))
     parser.add_argument("--long-frames", type=int, default=24)
     parser.add_argument("--long-width", type=int, default=160)
@@ -132,7 +135,8 @@ def main(argv: list[str] | None = None) -> int:
         return 2
 
     styles = [args.style]
-    common = dict(device=args.device, iterations=args.iterations, first_iterations=args.first_iterations)
+    common = dict(device=args.device, iterations=args.iterations, first_iterations=args.first_iterations,
+                  init=args.init)
     if not args.skip_sintel:
         sintel_table(args, styles, common)
     if not args.skip_long:

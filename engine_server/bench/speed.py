@@ -192,7 +192,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--first-iterations", type=int, default=200, help="first frame (default 200)")
     parser.add_argument("--precisions", default="fp32", help="comma-separated: fp32,bf16 (default fp32)")
     parser.add_argument("--style", default=str(DATA / "styles" / "starry_night.jpg"))
-    parser.add_argument("--init", choices=INITS, default="content", help="as stylize's --init (default content)")
+    parser.add_argument("--init", choices=INITS, default=StylizeOptions.init,
+                        help=f"as stylize's --init (default {StylizeOptions.init})")
     parser.add_argument("--clip", type=lambda p: DATA / "video" / p if "/" not in p else p,
                         default=DATA / "video" / "big_buck_bunny.mp4")
     parser.add_argument("--clip-sizes", type=lambda t: [parse_size(s) for s in t.split(",") if s], default=[],

@@ -92,6 +92,16 @@ def plan(schedule: str, size: tuple[int, int], iterations: int, coarsest: int | 
     return levels + [Level(size, full)]
 
 
+def warm_iterations(schedule: str, later: int, first: int, untrusted: float) -> int:
+    """A warm-started frame's N: the later frames' count, plus the first frame's extra for the share of
+    the frame the flow could not carry over (those pixels are new to the shot). On fast motion half a
+    frame can be new; with the later count alone it ended 10-16 % less stylized than the same frame
+    stylized on its own. The reference schedule keeps the paper's fixed count."""
+    if schedule == "reference":
+        return later
+    return later + round(min(1.0, max(0.0, untrusted)) * max(0, first - later))
+
+
 def cost(levels: list[Level], cost_of: CostModel = pixel_cost) -> float:
     """The levels' work in full-size iterations."""
     return sum(level.iterations * cost_of(level.size, levels[-1].size) for level in levels)
