@@ -32,8 +32,8 @@ class StylizeOptions:
     optimizer: str = "lbfgs"
     learning_rate: float = 10.0
     early_stop: bool = True
-    # first frame (and untrusted pixels later): fast (the network's painting: the same loss in a quarter of
-    # the time, README "Instant modes"), content (the reference's start) or noise
+    # first frame (and untrusted pixels later): fast (the network's painting: a lower loss in the same time,
+    # README "Instant modes"), content (the reference's start) or noise
     init: str = "fast"
     style_scale: float = 1.0
     preserve_colors: bool = False

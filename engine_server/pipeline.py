@@ -411,8 +411,8 @@ class _Run:
                 untrusted = 1.0 - float(np.mean(earlier[0][1].certainty_on_b))
                 iterations = schedule.warm_iterations(self.opts.schedule, self.later_iterations,
                                                       self.first_iterations, untrusted)
-                total_work += sum(schedule.cost(self.levels(n, stylized=True), self.cost_of) * sign
-                                  for n, sign in ((iterations, 1), (self.later_iterations, -1)))  # for the ETA
+                planned_work = schedule.cost(self.levels(self.later_iterations, stylized=True), self.cost_of)
+                total_work += schedule.cost(self.levels(iterations, stylized=True), self.cost_of) - planned_work
             outcome = self.optimize(index, init, content, constraints, iterations, total_work,
                                     warm_start=warm and not first_of_shot)
             previous_content = content
