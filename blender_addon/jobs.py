@@ -401,7 +401,8 @@ def _options(settings) -> dict:
         return {"mode": "fast", "preserve_colors": settings.preserve_colors, "flow": settings.flow,
                 "style_scale": settings.brush_scale}
     return {"mode": "temporal", "iterations": settings.iterations, "first_iterations": 2 * settings.iterations,
-            "temporal_weight": settings.temporal_weight, "preserve_colors": settings.preserve_colors,
+            "init": settings.start, "temporal_weight": settings.temporal_weight,
+            "preserve_colors": settings.preserve_colors,
             "flow": settings.flow, "style_scale": settings.brush_scale,
             "style_weight": ENGINE_STYLE_WEIGHT * settings.style_strength}
 

@@ -92,6 +92,12 @@ class VSE_STYLE_PG_strip(bpy.types.PropertyGroup):
                                    "the aspect ratio")
     iterations: IntProperty(name="Iterations", default=100, min=1, max=5000, update=_leave_preset,
                             description="Optimizer iterations per frame (the first frame gets twice as many)")
+    start: EnumProperty(
+        name="Start From", default="fast",
+        items=[("fast", "Painting", "Each shot, and what the motion uncovers, starts from the instant network's "
+                                    "painting: a lower loss in the same time (the engine's default)"),
+               ("content", "Footage", "Start from the footage itself, as Ruder et al.'s reference does: more "
+                                      "iterations for the same loss")])
     temporal_weight: FloatProperty(name="Temporal Weight", default=1000.0, min=0.0, soft_max=10000.0,
                                    description="How strongly each frame follows the previous stylized "
                                                "frames along the optical flow (less flicker)")

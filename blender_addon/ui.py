@@ -136,7 +136,7 @@ class VSE_STYLE_PT_options(StripPanel, bpy.types.Panel):
 
 
 class VSE_STYLE_PT_advanced(StripPanel, bpy.types.Panel):
-    """What only some editors change: iterations, temporal weight, optical flow, the output folder."""
+    """What only some editors change: iterations, the start, temporal weight, optical flow, the output folder."""
     bl_label = "Advanced"
     bl_parent_id = "VSE_STYLE_PT_options"
     bl_options = {'DEFAULT_CLOSED'}
@@ -145,7 +145,7 @@ class VSE_STYLE_PT_advanced(StripPanel, bpy.types.Panel):
         layout = self.layout
         layout.use_property_split = True
         settings = _strip(context).vse_style
-        names = ("flow",) if settings.mode == "fast" else ("iterations", "temporal_weight", "flow")
+        names = ("flow",) if settings.mode == "fast" else ("iterations", "start", "temporal_weight", "flow")
         for name in names:
             layout.prop(settings, name)
         layout.prop(compat.sequencer_scene(context), "vse_style_output")

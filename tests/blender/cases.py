@@ -517,6 +517,7 @@ def roundtrip_local(tmp, port):
     prefs.jobs_dir, prefs.timeout = os.path.join(tmp, "jobs"), 30.0
     scene, source, frames = _clip_scene(tmp)
     source.vse_style.style_strength = 2.0  # twice the engine's style weight
+    source.vse_style.start = "content"  # the reference's start, sent as the engine's init
     before = strip_state(source)
     test = call(bpy.ops.vse_style.test_connection)
     status = prefs.status

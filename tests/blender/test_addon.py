@@ -215,6 +215,7 @@ def test_round_trip_with_a_local_engine(tmp_path):
     assert result["weights"] == [[1.0, 0.5], [0.5, 0.5], [0.0, 0.5]]
     assert result["options"]["iterations"] == 2 and result["options"]["mode"] == "temporal"
     assert result["options"]["style_weight"] == 200.0 and result["options"]["style_scale"] == 1.0
+    assert result["options"]["init"] == "content"
     assert result["inputs_equal"] == [True, True, True]  # elements 1..3 of the trimmed source, unchanged
     # the new strip: first free channel above the source (2 is taken over frames 7..11), frames 6..8
     assert result["state"] == "done" and result["result"] == "shot stylized"
