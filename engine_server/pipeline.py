@@ -408,9 +408,8 @@ class _Run:
             first_of_shot = index == shot_start or self.opts.mode == "per-frame"
             iterations = self.first_iterations if first_of_shot else self.later_iterations
             if warm and not first_of_shot:  # pay for what changed: the new pixels get a first frame's share
-                untrusted = 1.0 - float(np.mean(earlier[0][1].certainty_on_b))
                 iterations = schedule.warm_iterations(self.opts.schedule, self.later_iterations,
-                                                      self.first_iterations, untrusted)
+                                                      self.first_iterations, earlier[0][1].untrusted_share)
                 planned_work = schedule.cost(self.levels(self.later_iterations, stylized=True), self.cost_of)
                 total_work += schedule.cost(self.levels(iterations, stylized=True), self.cost_of) - planned_work
             outcome = self.optimize(index, init, content, constraints, iterations, total_work,

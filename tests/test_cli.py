@@ -11,6 +11,7 @@ from conftest import PROJECT_ROOT, shared_path
 from engine_server import cli
 from engine_server.motion.consistency import certainty
 from engine_server.motion.flow import DISFlow
+from engine_server.io.flowfiles import write_flo
 from engine_server.io.frames import open_frames, read_image, write_frame
 from engine_server.metrics import stability_error
 
@@ -166,8 +167,7 @@ def test_fast_mode_from_the_command_line(tmp_path, tiny_clip, tiny_style):
 def test_commands_that_need_no_engine_start_without_torch(tmp_path):
     """`submit`, `jobs`, `keygen`, `consistency` and --help loaded torch (3-4 s on a laptop) before they did anything."""
     flo = tmp_path / "zero.flo"
-    with open(flo, "wb") as f:
-        f.write(b"PIEH" + np.array([4, 3], np.int32).tobytes() + np.zeros((3, 4, 2), np.float32).tobytes())
+    write_flo(flo, np.zeros((3, 4, 2), np.float32))
     (tmp_path / "jobs").mkdir()
     script = f"""
 import sys

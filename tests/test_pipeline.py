@@ -220,7 +220,7 @@ def test_a_warm_frame_pays_a_first_frames_share_for_the_pixels_the_flow_could_no
     clip = moving_clip(2, w=48, h=40)
     clip[1] = clip[1].copy()
     clip[1][:, :16] = clip[1][::-1, :16]  # a third of the frame with no match in the previous one
-    untrusted = 1.0 - float(np.mean(pair_flow(make_flow("dis"), clip[0], clip[1]).certainty_on_b))
+    untrusted = pair_flow(make_flow("dis"), clip[0], clip[1]).untrusted_share
     assert 0.2 < untrusted < 0.8
     for name in ("pyramid", "reference"):
         list(Stylizer([style_image()], StylizeOptions(mode="temporal", first_iterations=60, iterations=20,

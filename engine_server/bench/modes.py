@@ -87,7 +87,7 @@ def fast_motion_table(args, styles: list[str], common: dict) -> None:
     picked = range(0, min(len(clip), args.fast_stride * args.fast_frames), args.fast_stride)
     frames = [clip[i] for i in picked]
     flow = make_flow("dis")
-    untrusted = [1 - float(pair_flow(flow, a, b).certainty_on_b.mean()) for a, b in zip(frames, frames[1:])]
+    untrusted = [pair_flow(flow, a, b).untrusted_share for a, b in zip(frames, frames[1:])]
     temporal, temporal_s, _ = run_mode(styles, frames, StylizeOptions(mode="temporal", **common))
     per_frame, per_frame_s, _ = run_mode(styles, frames, StylizeOptions(mode="per-frame", **common))
     rows, ratios = [], []

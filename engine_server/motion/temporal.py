@@ -37,6 +37,11 @@ class PairFlow:
         """HxW in [0, 1]: check(b_to_a, a_to_b)."""
         return certainty(self.b_to_a, self.a_to_b)
 
+    @property
+    def untrusted_share(self) -> float:
+        """The share of b that a cannot be carried onto (1 - the mean certainty on b): what is new in b."""
+        return 1.0 - float(np.mean(self.certainty_on_b))
+
 
 def pair_flow(estimator, frame_a: np.ndarray, frame_b: np.ndarray) -> PairFlow:
     return PairFlow(*estimator.pair(frame_a, frame_b))
