@@ -31,7 +31,7 @@ if TYPE_CHECKING:  # the same names, for readers and type checkers
     from .errors import Cancelled, FlowBackendUnavailable, InputError, OutOfMemory, WeightsUnavailable, WorkerLost
     from .estimate import Estimate, estimate_job, measure_unit_seconds
     from .options import StylizeOptions
-    from .pipeline import FrameResult, Progress, Stylizer, painting_pixels, resolve_device, stylize
+    from .pipeline import FrameResult, Progress, Stylizer, images_to_resume, painting_pixels, resolve_device, stylize
     from .scale.cluster import ClusterStylizer
     from .style.keyframes import load_style_weights
     from .style.targets import fit_style
@@ -41,8 +41,8 @@ _HOMES = {  # public name -> the module that defines it
                      "WorkerLost"), ".errors"),
     **dict.fromkeys(("Estimate", "estimate_job", "measure_unit_seconds"), ".estimate"),
     "StylizeOptions": ".options",
-    **dict.fromkeys(("FrameResult", "Progress", "Stylizer", "painting_pixels", "resolve_device", "stylize"),
-                    ".pipeline"),
+    **dict.fromkeys(("FrameResult", "Progress", "Stylizer", "images_to_resume", "painting_pixels", "resolve_device",
+                     "stylize"), ".pipeline"),
     "ClusterStylizer": ".scale.cluster",  # imports Ray only when one is made
     "load_style_weights": ".style.keyframes",
     "fit_style": ".style.targets",

@@ -80,7 +80,7 @@ class ProgressBar:
 
 
 def run_stylize(args) -> int:
-    from .pipeline import Stylizer  # torch loads here: the other commands start without it
+    from .pipeline import Stylizer, images_to_resume  # torch loads here: the other commands start without it
 
     options = options_from_args(args)
     if args.ray and options.mode != "temporal":
@@ -101,10 +101,13 @@ def run_stylize(args) -> int:
                                    **({"window": args.seam_frames} if args.seam_frames else {}))
     else:
         stylizer = Stylizer(args.style, options)
-    done = {}  # images of finished frames: the run uses the last few and drops each after use
+        stylizer.scratch_dir = out_dir  # multipass keeps its clip state beside the frames, on the same disk
+    done = {}  # finished frames; only the few whose images the run reads are loaded (None: not read)
     if args.resume:
-        for index in range(1, finished_frames(out_dir, len(source)) + 1):
-            done[index] = read_image(out_dir / frame_filename(index), "finished frame")
+        finished = range(1, finished_frames(out_dir, len(source)) + 1)
+        needed = images_to_resume(options, finished, len(source))
+        done = {i: read_image(out_dir / frame_filename(i), "finished frame") if i in needed else None
+                for i in finished}
     report = {"input": str(args.input), "styles": list(args.style), "frame_count": len(source),
               "size": list(source.size), **stylizer.describe(), "status": "running", "frames": []}
     report_path = out_dir / "report.json"

@@ -8,7 +8,10 @@ feed-forward network about 0.4 kB. The peak is at full size whatever the schedul
 Time is one iteration measured at a small size on the device and scaled by the pixel count (exact on a
 CPU, an upper bound on a GPU, where small sizes cost more than their pixels), times each frame's planned
 work in full-size iterations (the coarse-to-fine plan's, with the first frame's larger budget). Later
-frames often stop early on a warm start, so the figure is an upper bound.
+frames are priced at the later count: on still shots they often stop early on their warm start (the job
+takes less), while on fast motion a frame's budget rises towards the first frame's with the share of it
+the flow cannot carry over (``schedule.warm_iterations``, known only once its flow is; the job takes
+more). The progress ETA corrects itself as frames come in.
 """
 from __future__ import annotations
 
@@ -28,7 +31,7 @@ MEMORY_MARGIN = 0.85               # of the free memory a job may plan to use
 
 @dataclass(frozen=True)
 class Estimate:
-    seconds: float              # the whole job, an upper bound
+    seconds: float              # the whole job
     seconds_per_frame: float
     peak_bytes: int             # beyond what the engine already holds
     available_bytes: int        # free on the device now

@@ -23,6 +23,7 @@ from .feedforward.stabilize import FlowStabilizer
 from .feedforward.stylizer import FeedForwardStylizer, to_unit
 from .feedforward.weights import load_arbitrary_style_network
 from .io.frames import FrameLike, FrameSource, open_frames, read_image, to_rgb8
+from .io.scratch import Scratch
 from .motion import cuts, temporal
 from .motion.flow import make_flow
 from .optimize.objective import LossWeights, Objective
@@ -118,6 +119,17 @@ def per_frame_weights(weights, frame_count: int, style_count: int) -> np.ndarray
     return array
 
 
+def images_to_resume(options: StylizeOptions, finished, frame_count: int) -> set[int]:
+    """The finished frames (1-based) whose images a resumed run may read: in temporal mode those up to
+    ``max(long_term)`` frames before a frame still to do (its temporal targets; the same frames a Ray
+    chunk may carry on from), in ``fast`` mode the one just before (the stabilizer carries on from it).
+    A caller resuming a long run passes the images of these and None for the rest, so resuming after
+    thousands of frames reads a handful."""
+    reach = {"temporal": max(options.long_term), "fast": 1}.get(options.mode, 0)
+    finished = set(finished)
+    return {i for i in finished if any(i + d <= frame_count and i + d not in finished for d in range(1, reach + 1))}
+
+
 class Stylizer:
     """Loaded network and styles; :meth:`run` stylizes one clip and yields frames as they finish."""
 
@@ -140,6 +152,7 @@ class Stylizer:
         self.flow = make_flow(self.options.flow, device=self.device) if mode not in ("per-frame", "fast-per-frame") else None
         self.progress = progress
         self.cancel = cancel
+        self.scratch_dir = None  # where multipass keeps the clip's state while it runs (None: the system's temp)
         opts = self.options
         self.weights = LossWeights(opts.content_weight, opts.style_weight, opts.temporal_weight, opts.tv_weight)
 
@@ -166,14 +179,20 @@ class Stylizer:
         done: dict[int, np.ndarray] | None = None,
     ) -> Iterator[FrameResult]:
         """Yield each frame as it finishes (1-based index). ``done`` maps indices of frames an earlier
-        run finished (their RGB images) so a resumed run continues after them."""
+        run finished to their RGB images, so a resumed run continues after them; an image the run will
+        not read (see :func:`images_to_resume`) may be None."""
         source = frames if isinstance(frames, FrameSource) else open_frames(frames, self.options.width)
         count = len(source)
+        done = dict(done or {})
+        if self.options.mode != "multipass":  # multipass re-runs every pass: it reads no earlier image
+            missing = sorted(i for i in images_to_resume(self.options, done, count) if done[i] is None)
+            if missing:
+                raise ValueError(f"resuming needs the images of finished frames {missing} (images_to_resume)")
         style_weights = per_frame_weights(weights, count, len(self.style_images))
         torch.manual_seed(self.options.seed)
         np.random.seed(self.options.seed)
         try:
-            run = _Run(self, source, style_weights, dict(done or {}))
+            run = _Run(self, source, style_weights, done)
             del done  # the run holds each earlier image only until it has been used
             if self.fast:
                 yield from run.fast()
@@ -317,11 +336,12 @@ class _Run:
         flows = temporal.FlowAhead(self.s.flow, self.source, (1,), background=self.s.device.type == "cuda") \
             if stabilizer is not None else None
         computed = 0
+        resumed = images_to_resume(self.opts, self.finished, self.count)  # finished frames' images in use
         try:
             for index in range(self.count):
                 if index + 1 in self.finished:
                     earlier_output = self.done.pop(index + 1)
-                    if stabilizer is not None:  # a resumed run continues the stabilization from it
+                    if index + 1 in resumed:  # the stabilization goes on from it
                         stabilizer.remember(self.source[index], to_unit(earlier_output, self.s.device))
                     continue
                 if self._stopped():
@@ -363,6 +383,7 @@ class _Run:
         outputs: dict[int, torch.Tensor] = {}  # optimization-space results still needed as targets
         keep = max(self.opts.long_term) if flows is not None else 0
         todo = [i for i in range(self.count) if i + 1 not in self.finished]
+        resumed_targets = images_to_resume(self.opts, self.finished, self.count)  # finished frames' images in use
         shot_start = 0
         previous_content = None  # the last computed frame's content, for the stylized fill
         total_work = sum(schedule.cost(self.levels(self._iterations_for(i), stylized=self._stylized(self._warm(i))),
@@ -371,7 +392,7 @@ class _Run:
         for index in range(self.count):
             if index + 1 in self.finished:
                 earlier_output = self.done.pop(index + 1)
-                if index + keep >= min(todo, default=self.count):  # only the last `keep` are ever needed
+                if index + 1 in resumed_targets:
                     outputs[index] = image_tensor(self.content_space(earlier_output), device)
                 del earlier_output  # the caller's image is not kept past this point
                 previous_content = None
@@ -444,15 +465,38 @@ class _Run:
     def multipass(self) -> Iterator[FrameResult]:
         """Ruder et al.'s multi-pass: passes alternate direction; from pass 2 each frame starts from
         (x + c * warp(x_n)) / (1 + c) with x_n its neighbour in the pass direction; the temporal loss
-        joins from the middle pass on with its own weight."""
+        joins from the middle pass on with its own weight. The clip's state (frames, results, flows and
+        masks) is kept on disk (:class:`~.io.scratch.Scratch`), so memory does not grow with the clip."""
+        with Scratch(self.s.scratch_dir) as scratch:
+            yield from self._multipass(scratch)
+
+    def _multipass(self, scratch: Scratch) -> Iterator[FrameResult]:
         opts, device, count = self.opts, self.s.device, self.count
         passes, iterations = opts.passes, self.later_iterations
         temporal_from = passes // 2 + 1
-        contents = [image_tensor(self.content_space(self.source[i]), "cpu") for i in range(count)]
-        pairs: dict[int, temporal.PairFlow] = {}  # pairs[i]: frames i and i + 1
-        results: list[torch.Tensor | None] = [None] * count
         seconds = [0.0] * count
         total_work = passes * count * iterations
+
+        def frame(index: int) -> np.ndarray:  # read from the source once, in the first (forward) pass
+            if f"frame-{index}" not in scratch:
+                scratch.put(f"frame-{index}", self.source[index])
+            return scratch.get(f"frame-{index}")
+
+        def toward(index: int, neighbour: int, pass_index: int) -> tuple[np.ndarray, np.ndarray]:
+            """(flow index -> neighbour, certainty on index): the pair's flows are computed once."""
+            pair_key = f"pair-{min(index, neighbour)}"
+            if f"{pair_key}-a_to_b" not in scratch:
+                self._emit(Progress("flow", index + 1, count, pass_index=pass_index, pass_count=passes))
+                pair = temporal.pair_flow(self.s.flow, frame(min(index, neighbour)), frame(max(index, neighbour)))
+                for name in ("a_to_b", "b_to_a", "certainty_on_a", "certainty_on_b"):
+                    scratch.put(f"{pair_key}-{name}", getattr(pair, name))
+            # index is frame b of the pair when its neighbour comes before it, frame a when after
+            names = ("b_to_a", "certainty_on_b") if neighbour < index else ("a_to_b", "certainty_on_a")
+            return scratch.get(f"{pair_key}-{names[0]}"), scratch.get(f"{pair_key}-{names[1]}")
+
+        def result(index: int) -> torch.Tensor:
+            return torch.from_numpy(scratch.get(f"result-{index}")).to(device)
+
         for pass_index in range(1, passes + 1):
             forward = pass_index % 2 == 1
             order = range(count) if forward else range(count - 1, -1, -1)
@@ -460,35 +504,27 @@ class _Run:
                 if self._stopped():
                     raise Cancelled("cancelled")
                 started = time.perf_counter()
-                content = contents[index].to(device)
+                rgb = frame(index)
+                content = image_tensor(self.content_space(rgb), device)
                 neighbour = index - 1 if forward else index + 1
                 constraint = None
                 if pass_index > 1 and 0 <= neighbour < count:
-                    pair_index = min(index, neighbour)
-                    if pair_index not in pairs:
-                        self._emit(Progress("flow", index + 1, count, pass_index=pass_index, pass_count=passes))
-                        pairs[pair_index] = temporal.pair_flow(
-                            self.s.flow, self.source[pair_index], self.source[pair_index + 1])
-                    pair = pairs[pair_index]
-                    # forward pass: neighbour is frame a of the pair, we are b; backward: the opposite
-                    flow, mask = (pair.b_to_a, pair.certainty_on_b) if forward else (pair.a_to_b, pair.certainty_on_a)
-                    constraint = (temporal.warped_onto(results[neighbour].to(device), flow),
-                                  temporal.mask_tensor(mask, device))
+                    flow, mask = toward(index, neighbour, pass_index)
+                    constraint = (temporal.warped_onto(result(neighbour), flow), temporal.mask_tensor(mask, device))
                 if pass_index == 1:
-                    init = self.first_image(content, self.source[index], index)
+                    init = self.first_image(content, rgb, index)
                 elif constraint is not None:
                     warped, mask = constraint
-                    init = (results[index].to(device) + mask * warped) / (1.0 + mask)
+                    init = (result(index) + mask * warped) / (1.0 + mask)
                 else:
-                    init = results[index].to(device)
+                    init = result(index)
                 use_temporal = constraint is not None and pass_index >= temporal_from
                 outcome = self.optimize(index, init, content, [constraint] if use_temporal else [], iterations,
                                         total_work, opts.multipass_temporal_weight, pass_index, passes,
                                         schedule_name="reference")
-                results[index] = outcome.image.cpu()
+                scratch.put(f"result-{index}", outcome.image.detach().cpu().numpy())
                 seconds[index] += time.perf_counter() - started
                 if pass_index == passes:
-                    rgb = self.source[index]
                     yield FrameResult(index + 1, self.to_output(outcome.image, rgb), seconds[index],
                                       outcome.losses, outcome.iterations * passes)
         self._emit(Progress("done", count, count, frames_done=count, pass_index=passes, pass_count=passes))

@@ -1,10 +1,13 @@
 """Reading clips (video, folder, glob, arrays) and writing frames."""
+import os
+
 import cv2
 import numpy as np
 import pytest
 
 from engine_server.errors import InputError
-from engine_server.io.frames import (finished_frames, open_frames, processing_size, write_frame, write_video)
+from engine_server.io.frames import (VideoFrames, finished_frames, open_frames, processing_size, write_frame,
+                                     write_video)
 
 
 def make_frames(n, w=40, h=30):
@@ -33,6 +36,43 @@ def test_video_file(tmp_path):
     path = write_video(make_frames(5, 64, 48), tmp_path / "clip.mp4", fps=10)
     source = open_frames(path)
     assert len(source) == 5 and source.size == (64, 48)
+
+
+def decoded_whole(path, size):
+    """Every frame of the video, decoded in one go and resized as the engine does (the reference)."""
+    capture, frames = cv2.VideoCapture(str(path)), []
+    while True:
+        ok, bgr = capture.read()
+        if not ok:
+            return frames
+        frames.append(cv2.resize(cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB), size, interpolation=cv2.INTER_AREA))
+
+
+def test_a_video_is_decoded_as_frames_are_asked_for_never_held_whole(tmp_path):
+    """A long clip must not sit in memory (ten minutes of 720p would be 40 GB): at most a window of
+    recent frames is alive, however far the run has read, and any frame, in any order, is the right one."""
+    import gc
+    import weakref
+
+    path = write_video(make_frames(3 * VideoFrames.CACHE_FRAMES, 64, 48), tmp_path / "long.mp4", fps=10)
+    source = open_frames(path, width=32)
+    expected = decoded_whole(path, (32, 24))
+    assert isinstance(source, VideoFrames) and len(source) == len(expected) == 3 * VideoFrames.CACHE_FRAMES
+    assert not source._cache  # opening counts the frames without keeping any
+    refs = []
+    for index in range(len(source)):  # as the temporal mode reads: the frame, then partners 1, 2 and 4 back
+        refs.append(weakref.ref(source[index]))
+        for back in (0, 1, 2, 4):
+            if index >= back:
+                assert np.array_equal(source[index - back], expected[index - back]), f"{index - back} after {index}"
+    gc.collect()
+    alive = sum(ref() is not None for ref in refs)
+    assert alive <= VideoFrames.CACHE_FRAMES, f"{alive} decoded frames still in memory"
+    for index in (0, len(source) - 1, 5, len(source) - 2, 1):  # behind the window: the video is reopened
+        assert np.array_equal(source[index], expected[index])
+    assert np.array_equal(source[-1], expected[-1])
+    with pytest.raises(IndexError):
+        source[len(source)]
 
 
 def test_arrays_of_any_depth():
@@ -66,3 +106,25 @@ def test_write_frame_names_and_resume_count(tmp_path):
         write_frame(tmp_path, i, frame)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["frame_000001.png", "frame_000002.png", "frame_000004.png"]
     assert finished_frames(tmp_path, 5) == 2
+
+
+def test_scratch_keeps_arrays_on_disk_and_clears_what_killed_runs_left(tmp_path):
+    """Multi-pass's state lives in a scratch folder: gone when the run ends, and a folder left by a run
+    that was killed (its process is gone) is removed when the next run starts in the same place."""
+    import subprocess
+    import sys
+
+    from engine_server.io.scratch import PREFIX, Scratch
+
+    finished = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    left_behind = tmp_path / f"{PREFIX}{int(finished.stdout)}-killed"
+    (left_behind / "big").mkdir(parents=True)
+    running_elsewhere = tmp_path / f"{PREFIX}{os.getppid()}-alive"  # a live process's folder is not touched
+    running_elsewhere.mkdir()
+    with Scratch(tmp_path) as scratch:
+        array = np.arange(12, dtype=np.float32).reshape(3, 4)
+        scratch.put("result-0", array)
+        assert "result-0" in scratch and "result-1" not in scratch
+        assert np.array_equal(scratch.get("result-0"), array)
+        assert not left_behind.exists() and running_elsewhere.exists()
+    assert sorted(p.name for p in tmp_path.iterdir()) == [running_elsewhere.name]

@@ -121,6 +121,62 @@ def test_bad_options_are_input_errors():
         Stylizer([], StylizeOptions())
 
 
+def test_a_resumed_run_reads_the_images_of_the_few_frames_it_carries_on_from():
+    """Resuming after thousands of frames must not load thousands of images: only the temporal targets
+    of the frames still to do (J back), or the fast mode's last frame, are read."""
+    from engine_server import images_to_resume
+
+    temporal_options = StylizeOptions(mode="temporal", long_term=(1, 2, 4))
+    assert images_to_resume(temporal_options, range(1, 7), 10) == {3, 4, 5, 6}  # 7 needs 3, 5, 6; 8 needs 4
+    assert images_to_resume(temporal_options, {1, 2, 3, 8, 9}, 10) == {1, 2, 3, 8, 9}  # gaps: 4-7 and 10 to do
+    assert images_to_resume(temporal_options, range(1, 11), 10) == set()  # nothing left to do
+    assert images_to_resume(StylizeOptions(mode="fast"), range(1, 7), 10) == {6}
+    for mode in ("per-frame", "multipass", "fast-per-frame"):
+        assert images_to_resume(StylizeOptions(mode=mode), range(1, 7), 10) == set()
+
+    clip = moving_clip(5)
+    options = StylizeOptions(**FAST, long_term=(1,))
+    full = list(Stylizer([style_image()], options).run(clip))
+    done = {1: None, 2: None, 3: full[2].image}  # only frame 3's image: frame 4's target
+    resumed = list(Stylizer([style_image()], options).run(clip, done=dict(done)))
+    assert [r.index for r in resumed] == [4, 5]
+    with_every_image = list(Stylizer([style_image()], options).run(clip, done={i: full[i - 1].image for i in (1, 2, 3)}))
+    assert all(np.array_equal(a.image, b.image) for a, b in zip(resumed, with_every_image))
+    with pytest.raises(ValueError, match=r"finished frames \[3\]"):
+        list(Stylizer([style_image()], options).run(clip, done={**done, 3: None}))
+
+
+def test_multipass_keeps_the_clip_on_disk_not_in_memory(tmp_path):
+    """Multi-pass revisits every frame in every pass; its state (frames, results, flows, masks) lives in
+    a scratch folder, so the frame arrays alive in memory do not grow with the clip, and the folder is
+    gone when the run ends."""
+    import gc
+
+    def most_alive_frames(count):
+        clip = moving_clip(count, w=48, h=40)
+        stylizer = Stylizer([style_image()], StylizeOptions(mode="multipass", passes=2, iterations=1, device="cpu"))
+        stylizer.scratch_dir = tmp_path / f"scratch-{count}"
+        peak = [0]
+
+        def count_alive(event):  # image-sized arrays and tensors anywhere in the process, the clip's own aside
+            if event.stage not in ("flow", "done"):  # the second pass's flows, and the end: every frame visited
+                return
+            gc.collect()
+            alive = sum(1 for o in gc.get_objects()
+                        if type(o) in (np.ndarray, torch.Tensor) and tuple(o.shape)[-2:] in ((40, 48), (48, 3))
+                        and not any(o is frame for frame in clip))
+            peak[0] = max(peak[0], alive)
+
+        stylizer.progress = count_alive
+        results = list(stylizer.run(clip))
+        assert [r.index for r in results] == list(range(count, 0, -1))  # an even number of passes ends backwards
+        assert not any(stylizer.scratch_dir.iterdir())  # the scratch folder is removed at the end
+        return peak[0]
+
+    short, long = most_alive_frames(3), most_alive_frames(8)
+    assert long <= short, f"alive frame arrays grew with the clip: {short} for 3 frames, {long} for 8"
+
+
 @pytest.mark.parametrize("mode", ["temporal", "per-frame"])
 def test_finished_frames_are_not_kept(mode):
     """Host memory stays flat over a long run: the engine keeps no finished frame's image (only the last

@@ -263,6 +263,27 @@ def test_style_images_are_judged_by_their_header_before_decoding(engine, raw_soc
         assert client.hello()["limits"]["max_style_pixels"] == 40_000_000
 
 
+def test_a_resumed_job_reads_only_the_finished_frames_it_carries_on_from(tmp_path):
+    """The worker reads the images of the few finished frames the run's temporal targets need, not the
+    whole job's; an unreadable one is made again, and then the frames before it that it needs are read."""
+    from engine_server import StylizeOptions
+    from engine_server.io.frames import write_frame
+    from engine_server.serve.jobs import Job
+    from engine_server.serve.worker import Worker
+
+    job = Job("resumed", tmp_path, {"frame_count": 8, "width": 40, "height": 32}, [], finished={1, 2, 3, 4, 5})
+    for index in job.finished:
+        write_frame(job.dir / "output", index, clip(1)[0])
+    options = StylizeOptions(mode="temporal", long_term=(1, 2, 4))
+    done = Worker._resume(job, options)  # 6 needs 2 (J = 4), 4 and 5
+    assert done.keys() == {1, 2, 3, 4, 5}
+    assert [i for i, image in done.items() if image is not None] == [2, 3, 4, 5]
+    job.output_path(4).write_bytes(b"not a png")
+    done = Worker._resume(job, options)  # 4 is made again, and the frames up to 4 before it are read
+    assert done.keys() == {1, 2, 3, 5}
+    assert all(image is not None for image in done.values())
+
+
 def test_kill_9_mid_job_then_restart_resumes_and_keeps_frames(engines):
     first = engines.start("crash")
     frames = clip(4, 48, 32, seed=4)

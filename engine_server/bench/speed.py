@@ -29,16 +29,7 @@ from ..io.frames import open_frames
 from ..metrics import stability_error
 from ..options import INITS
 from ..pipeline import Progress, StylizeOptions, Stylizer
-from .common import DATA, parse_size, sintel, table
-
-
-def resident_mib() -> float | None:
-    """The process's resident memory (Linux), None elsewhere."""
-    try:
-        with open("/proc/self/statm") as statm:
-            return int(statm.read().split()[1]) * 4096 / 2**20
-    except OSError:
-        return None
+from .common import DATA, Head, parse_size, resident_mib, sintel, table
 
 
 class Timed:
@@ -145,10 +136,8 @@ def clip_table(args, styles) -> None:
     for size, graphs in runs:
         which = args.clip_sizes.index(size)
         count = args.clip_frames[min(which, len(args.clip_frames) - 1)]
-        clip = open_frames(args.clip, size[0])
-        count = min(count, len(clip))
-        frames = [np.ascontiguousarray(clip[i]) for i in range(count)]
-        frames = [f if f.shape[:2] == (size[1], size[0]) else _fit(f, size) for f in frames]
+        frames = Head(open_frames(args.clip, size[0]), count, size)  # decoded as the run asks, as the CLI does
+        count = len(frames)
         options = StylizeOptions(mode="temporal", device=args.device, iterations=args.clip_iterations,
                                  first_iterations=2 * args.clip_iterations, cuda_graphs=graphs, init=args.init)
         timed = Timed(styles, options)
@@ -165,11 +154,6 @@ def clip_table(args, styles) -> None:
                f"{timed.flow_wait / max(1, count - 1):.3f}", "-" if peak is None else f"{peak:.0f}",
                _mib(resident.get(2)), _mib(later[-1] if later else None)]
         print(table([row], header).splitlines()[-1], flush=True)  # one row as soon as it is measured
-
-
-def _fit(frame: np.ndarray, size: tuple[int, int]) -> np.ndarray:
-    import cv2
-    return cv2.resize(frame, size, interpolation=cv2.INTER_AREA)
 
 
 def _mib(value: float | None) -> str:

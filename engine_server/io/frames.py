@@ -7,9 +7,11 @@ from __future__ import annotations
 
 import glob
 import itertools
+import operator
 import os
 import re
 import threading
+from collections import OrderedDict
 from pathlib import Path
 from typing import Iterable, Sequence, Union
 
@@ -92,25 +94,84 @@ class FrameSource(Sequence):
         return resize(frame, self.size)
 
 
-def _video_frames(path: str, width: int | None) -> FrameSource:
-    capture = cv2.VideoCapture(path)
-    if not capture.isOpened():
-        raise InputError(f"INPUT {path}: not a readable video")
-    frames, size = [], None
-    try:
-        while True:
+class VideoFrames(FrameSource):
+    """A video's frames at processing size, decoded when asked for: a clip is never held whole (ten
+    minutes of 720p would be 40 GB).
+
+    Frames are decoded in order and the last CACHE_FRAMES asked for are kept, which covers how the engine
+    reads (the current frame, its long-term partners a few frames back, flows computed a few frames ahead
+    on threads). A frame older than that reopens the video and decodes up to it. Thread-safe.
+    """
+
+    CACHE_FRAMES = 16
+
+    def __init__(self, path: str, width: int | None):
+        capture = self._open(path)
+        try:  # the first frame gives the size; grabbing the rest (decoded, not converted) counts them
             ok, bgr = capture.read()
             if not ok:
-                break
-            if size is None:
-                size = processing_size(bgr.shape[1], bgr.shape[0], width)
-            # Whole clips are held in memory at processing size: shots are short, random access is needed.
-            frames.append(resize(cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB), size))
-    finally:
-        capture.release()
-    if not frames:
-        raise InputError(f"INPUT {path}: no frames could be decoded")
-    return FrameSource(frames, size, [f"{path}#{i + 1}" for i in range(len(frames))])
+                raise InputError(f"INPUT {path}: no frames could be decoded")
+            count = 1
+            while capture.grab():
+                count += 1
+        finally:
+            capture.release()
+        size = processing_size(bgr.shape[1], bgr.shape[0], width)
+        super().__init__([], size, [f"{path}#{i + 1}" for i in range(count)])
+        self.path = path
+        self._count = count
+        self._capture: cv2.VideoCapture | None = None
+        self._next = 0  # the frame the open capture decodes next
+        self._cache: OrderedDict[int, np.ndarray] = OrderedDict()
+        self._lock = threading.Lock()
+
+    @staticmethod
+    def _open(path: str) -> cv2.VideoCapture:
+        capture = cv2.VideoCapture(path)
+        if not capture.isOpened():
+            raise InputError(f"INPUT {path}: not a readable video")
+        return capture
+
+    def __len__(self) -> int:
+        return self._count
+
+    def __getitem__(self, index: int) -> np.ndarray:
+        index = operator.index(index)
+        if index < 0:
+            index += self._count
+        if not 0 <= index < self._count:
+            raise IndexError(f"frame {index} of a {self._count}-frame video")
+        with self._lock:
+            if index in self._cache:
+                self._cache.move_to_end(index)
+                return self._cache[index]
+            return self._decode_up_to(index)
+
+    def _decode_up_to(self, index: int) -> np.ndarray:
+        if self._capture is None or index < self._next:
+            if self._capture is not None:
+                self._capture.release()
+            self._capture, self._next = self._open(self.path), 0
+        while self._next <= index:
+            wanted = self._next > index - self.CACHE_FRAMES  # frames before these are only skipped
+            ok, bgr = self._capture.read() if wanted else (self._capture.grab(), None)
+            if not ok:
+                raise InputError(f"INPUT {self.path}: frame {self._next + 1} could not be decoded")
+            if wanted:
+                self._cache[self._next] = resize(cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB), self.size)
+                self._cache.move_to_end(self._next)
+                while len(self._cache) > self.CACHE_FRAMES:
+                    self._cache.popitem(last=False)
+            self._next += 1
+        return self._cache[index]
+
+    def close(self) -> None:
+        """Let the decoder go (a later frame asked for opens it again)."""
+        with self._lock:
+            if self._capture is not None:
+                self._capture.release()
+            self._capture, self._next = None, 0
+            self._cache.clear()
 
 
 def _image_files(paths: list[str], width: int | None, label: str) -> FrameSource:
@@ -131,7 +192,7 @@ def open_frames(source: str | os.PathLike | Sequence[FrameLike], width: int | No
         if os.path.isfile(text):
             if Path(text).suffix.lower() in IMAGE_SUFFIXES:
                 return _image_files([text], width, text)
-            return _video_frames(text, width)
+            return VideoFrames(text, width)
         if glob.has_magic(text):
             files = [p for p in glob.glob(text) if os.path.isfile(p)]
             return _image_files(sorted(files, key=natural_key), width, text)

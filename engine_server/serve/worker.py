@@ -133,7 +133,6 @@ class Worker(threading.Thread):
     def _stylize(self, ticket: Ticket) -> tuple[str, dict | None]:
         from .. import StylizeOptions, Stylizer  # the engine's public API, loaded on the worker thread
         from ..errors import Cancelled, FlowBackendUnavailable, InputError, OutOfMemory, WeightsUnavailable, WorkerLost
-        from ..io.frames import read_image
 
         job = ticket.job
         options = {k: OPTION_TYPES.get(k, lambda v: v)(v) for k, v in (job.spec.get("options") or {}).items()}
@@ -157,17 +156,10 @@ class Worker(threading.Thread):
             else:
                 stylizer = Stylizer(paintings, options, progress=lambda p: self._on_progress(job.id, p),
                                     cancel=stop_requested)
+                stylizer.scratch_dir = job.dir  # multipass's clip state, on the job store's disk
             self._send({"event": "describe", "job": job.id, "report": stylizer.describe()})
-            done = {}
-            if options.mode != "multipass":  # multipass re-runs every pass: no partial resume
-                for index in sorted(job.finished):
-                    try:
-                        done[index] = read_image(job.output_path(index), "finished frame")
-                    except InputError:
-                        log.warning("job %s: finished frame %d unreadable, recomputing it", job.id, index)
+            done = {} if options.mode == "multipass" else self._resume(job, options)  # multipass re-runs every pass
             inputs = [str(job.input_path(i)) for i in range(1, job.frame_count + 1)]
-            if done:
-                log.info("job %s: resuming with %d finished frames", job.id, len(done))
             for result in stylizer.run(inputs, job.spec["weights"], done):
                 png = encode_png(result.image)
                 meta = {"seconds": round(result.seconds, 3), "iterations": result.iterations,
@@ -206,6 +198,30 @@ class Worker(threading.Thread):
 
         needed = painting_pixels(job.size, options)
         return [fit_style(read_image(path, f"style {i + 1}"), needed) for i, path in enumerate(job.style_paths())]
+
+    @staticmethod
+    def _resume(job: Job, options) -> dict:
+        """The job's finished frames for a resumed run: the images it reads (a few, see
+        images_to_resume), None for the rest. A finished frame whose image cannot be read is made again,
+        and then the frames before it that it needs are read."""
+        from .. import InputError, images_to_resume
+        from ..io.frames import read_image
+
+        finished, images = set(job.finished), {}
+        while True:
+            unreadable = set()
+            for index in images_to_resume(options, finished, job.frame_count) - images.keys():
+                try:
+                    images[index] = read_image(job.output_path(index), "finished frame")
+                except InputError:
+                    log.warning("job %s: finished frame %d unreadable, recomputing it", job.id, index)
+                    unreadable.add(index)
+            if not unreadable:
+                break
+            finished -= unreadable
+        if finished:
+            log.info("job %s: resuming with %d finished frames", job.id, len(finished))
+        return {index: images.get(index) for index in sorted(finished)}
 
     def _on_progress(self, job_id: str, event) -> None:
         self._progress_event(job_id, event.stage, event.frame, event.frame_count, event.iteration,
