@@ -111,12 +111,12 @@ class VideoFrames(FrameSource):
             ok, bgr = capture.read()
             if not ok:
                 raise InputError(f"INPUT {path}: no frames could be decoded")
+            size = processing_size(bgr.shape[1], bgr.shape[0], width)  # a bad width fails before the count
             count = 1
             while capture.grab():
                 count += 1
         finally:
             capture.release()
-        size = processing_size(bgr.shape[1], bgr.shape[0], width)
         super().__init__([], size, [f"{path}#{i + 1}" for i in range(count)])
         self.path = path
         self._count = count
