@@ -183,16 +183,11 @@ class Stylizer:
         not read (see :func:`images_to_resume`) may be None."""
         source = frames if isinstance(frames, FrameSource) else open_frames(frames, self.options.width)
         count = len(source)
-        done = dict(done or {})
-        if self.options.mode != "multipass":  # multipass re-runs every pass: it reads no earlier image
-            missing = sorted(i for i in images_to_resume(self.options, done, count) if done[i] is None)
-            if missing:
-                raise ValueError(f"resuming needs the images of finished frames {missing} (images_to_resume)")
         style_weights = per_frame_weights(weights, count, len(self.style_images))
         torch.manual_seed(self.options.seed)
         np.random.seed(self.options.seed)
         try:
-            run = _Run(self, source, style_weights, done)
+            run = _Run(self, source, style_weights, dict(done or {}))
             del done  # the run holds each earlier image only until it has been used
             if self.fast:
                 yield from run.fast()
@@ -218,6 +213,10 @@ class _Run:
         self.style_weights = style_weights
         self.done = done  # images of frames an earlier run finished; each is dropped once it has been used
         self.finished = set(done)  # indices only: finished frames' images are not kept (memory stays flat)
+        self.resumed = images_to_resume(self.opts, self.finished, self.count)  # the finished frames' images in use
+        missing = sorted(i for i in self.resumed if done[i] is None)
+        if missing:
+            raise ValueError(f"resuming needs the images of finished frames {missing} (images_to_resume)")
         self.started = time.perf_counter()
         self.clock: tuple[float, float] | None = None  # (time, work done) at the first optimizer iteration
         self.first_iterations, self.later_iterations = self.opts.resolved_iterations()
@@ -336,12 +335,11 @@ class _Run:
         flows = temporal.FlowAhead(self.s.flow, self.source, (1,), background=self.s.device.type == "cuda") \
             if stabilizer is not None else None
         computed = 0
-        resumed = images_to_resume(self.opts, self.finished, self.count)  # finished frames' images in use
         try:
             for index in range(self.count):
                 if index + 1 in self.finished:
                     earlier_output = self.done.pop(index + 1)
-                    if index + 1 in resumed:  # the stabilization goes on from it
+                    if index + 1 in self.resumed:  # the stabilization goes on from it
                         stabilizer.remember(self.source[index], to_unit(earlier_output, self.s.device))
                     continue
                 if self._stopped():
@@ -383,7 +381,6 @@ class _Run:
         outputs: dict[int, torch.Tensor] = {}  # optimization-space results still needed as targets
         keep = max(self.opts.long_term) if flows is not None else 0
         todo = [i for i in range(self.count) if i + 1 not in self.finished]
-        resumed_targets = images_to_resume(self.opts, self.finished, self.count)  # finished frames' images in use
         shot_start = 0
         previous_content = None  # the last computed frame's content, for the stylized fill
         total_work = sum(schedule.cost(self.levels(self._iterations_for(i), stylized=self._stylized(self._warm(i))),
@@ -392,7 +389,7 @@ class _Run:
         for index in range(self.count):
             if index + 1 in self.finished:
                 earlier_output = self.done.pop(index + 1)
-                if index + 1 in resumed_targets:
+                if index + 1 in self.resumed:  # a later frame's temporal target
                     outputs[index] = image_tensor(self.content_space(earlier_output), device)
                 del earlier_output  # the caller's image is not kept past this point
                 previous_content = None
@@ -478,9 +475,11 @@ class _Run:
         total_work = passes * count * iterations
 
         def frame(index: int) -> np.ndarray:  # read from the source once, in the first (forward) pass
-            if f"frame-{index}" not in scratch:
-                scratch.put(f"frame-{index}", self.source[index])
-            return scratch.get(f"frame-{index}")
+            if f"frame-{index}" in scratch:
+                return scratch.get(f"frame-{index}")
+            rgb = self.source[index]
+            scratch.put(f"frame-{index}", rgb)
+            return rgb
 
         def toward(index: int, neighbour: int, pass_index: int) -> tuple[np.ndarray, np.ndarray]:
             """(flow index -> neighbour, certainty on index): the pair's flows are computed once."""
