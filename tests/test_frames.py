@@ -75,6 +75,24 @@ def test_a_video_is_decoded_as_frames_are_asked_for_never_held_whole(tmp_path):
         source[len(source)]
 
 
+def test_a_video_read_elsewhere_gets_a_decoder_of_its_own(tmp_path):
+    """A reader (another chunk's position) or a pickled copy (another process) decodes on its own and
+    does not count the frames again; reading one never moves the other."""
+    import pickle
+
+    path = write_video(make_frames(12, 64, 48), tmp_path / "clip.mp4", fps=10)
+    source = open_frames(path, width=32)
+    expected = decoded_whole(path, (32, 24))
+    assert np.array_equal(source[8], expected[8])
+    for other in (source.reader(), pickle.loads(pickle.dumps(source))):
+        assert isinstance(other, VideoFrames) and len(other) == 12 and other.size == (32, 24)
+        assert other._capture is None and not other._cache  # nothing shared, nothing decoded yet
+        assert np.array_equal(other[2], expected[2])
+        assert source._next == 9 and other._next == 3  # each decoder where its own reads left it
+    arrays = open_frames(make_frames(2))
+    assert arrays.reader() is arrays  # arrays and files are read without state
+
+
 def test_arrays_of_any_depth():
     grey = np.zeros((20, 20), np.uint8)
     floats = np.ones((20, 20, 3), np.float32)

@@ -16,6 +16,7 @@ from engine_server.errors import Cancelled, InputError
 from engine_server.io.frames import frame_filename, open_frames, read_image
 from engine_server.pipeline import StylizeOptions, Stylizer
 from engine_server.scale import seams
+from engine_server.scale.feed import FETCH_FRAMES
 
 ray = pytest.importorskip("ray", reason="the [ray] extra is not installed (make setup installs it)")
 
@@ -90,6 +91,56 @@ def test_seam_repair_lowers_the_error_across_a_seam(bunny, style):
     assert np.sqrt(repaired_errors[across].mean()) < np.sqrt(cut_errors[across].mean())
 
 
+# -- frames to the workers --------------------------------------------------------------------------
+
+def test_a_chunk_is_fed_a_few_frames_at_a_time_and_far_chunks_decode_in_order(tmp_path, monkeypatch):
+    """Workers read their chunk through the feed: a chain's reads (each frame, its partners 1, 2 and 4
+    back, the chunk's first frame for the colours) ask for every frame once and at most FETCH_FRAMES at a
+    time, and keep at most KEEP_FRAMES alive; two chunks far apart in one video, read in turns, each
+    decode in order instead of reopening the video at every request."""
+    import gc
+    import weakref
+
+    from engine_server.io.frames import VideoFrames, write_video
+    from engine_server.scale.feed import FETCH_FRAMES, KEEP_FRAMES, FedFrames, FrameFeed
+    from test_frames import decoded_whole, make_frames
+
+    path = write_video(make_frames(130, 64, 48), tmp_path / "long.mp4", fps=10)
+    expected = decoded_whole(path, (32, 24))
+    opened = []
+    real_open = VideoFrames._open
+    monkeypatch.setattr(VideoFrames, "_open", staticmethod(lambda p: opened.append(p) or real_open(p)))
+    feed = FrameFeed(open_frames(path, width=32))
+    opened.clear()  # the count when opening
+    requests = {0: [], 1: []}
+
+    def chunk_frames(number, start, count):
+        def fetch(a, b):
+            requests[number].append(b - a)
+            return feed.frames(number, start + a, start + b)
+        return FedFrames(fetch, count, (32, 24))
+
+    chunks = {0: (chunk_frames(0, 0, 60), 0), 1: (chunk_frames(1, 70, 60), 70)}
+    refs = []
+    for index in range(60):
+        for number, (fed, start) in chunks.items():
+            refs.append(weakref.ref(fed[index]))
+            for back in (1, 2, 4, index):
+                if index >= back:
+                    assert np.array_equal(fed[index - back], expected[start + index - back])
+    gc.collect()
+    for number in chunks:
+        assert sum(requests[number]) == 60 and max(requests[number]) == FETCH_FRAMES  # each frame fetched once
+        assert feed.stats()[number] == [sum(requests[number]), FETCH_FRAMES]
+    # of 120 frames read, alive: per chunk the worker's kept frames and the feed decoder's few ahead
+    assert sum(ref() is not None for ref in refs) <= 2 * (KEEP_FRAMES + FETCH_FRAMES)
+    assert len(opened) == 2, f"the video was opened {len(opened)} times for two chunks"
+    feed.release(0)
+    assert 0 not in feed._readers and 1 in feed._readers
+    with pytest.raises(IndexError):
+        chunks[0][0][60]
+
+
 # -- runs on Ray ------------------------------------------------------------------------------------
 
 def test_a_ray_run_gives_every_frame_once_in_order_like_a_local_run(ray_runtime, bunny, style, one_thread):
@@ -101,6 +152,8 @@ def test_a_ray_run_gives_every_frame_once_in_order_like_a_local_run(ray_runtime,
     assert all(r.image.shape == bunny[0].shape and r.image.dtype == np.uint8 for r in results)
     plan = stylizer.plan
     assert len(plan.chunks) == 2 and len(plan.seams) == 1
+    # each chunk's frames went to its worker from the feed, each once, never the chunk in one piece
+    assert stylizer.stats["fed"] == {c.number: [len(c.frames), min(len(c.frames), FETCH_FRAMES)] for c in plan.chunks}
     local = [r.image for r in Stylizer([style], StylizeOptions(**TINY)).run(bunny)]
     # the first chunk is the local run's chain: the same frames up to the seam
     for index in range(plan.seams[0].frame):
@@ -122,18 +175,24 @@ def test_a_scene_cut_is_a_chunk_boundary_without_seam(ray_runtime, bunny, style,
     assert [r.index for r in results if r.cut] == [7]
 
 
-@pytest.mark.parametrize("on_disk", [True, False], ids=["staged-on-disk", "in-memory"])
+@pytest.mark.parametrize("given", [True, False], ids=["staged-in-the-folder-given", "staged-in-a-temporary-folder"])
 def test_a_killed_worker_has_its_chunk_carried_on_and_nothing_recomputed(ray_runtime, bunny, style, tmp_path,
-                                                                         on_disk):
-    stylizer = cluster(style, staging=tmp_path / "staging" if on_disk else None)
+                                                                         monkeypatch, given):
+    import tempfile
+
+    temporary = tmp_path / "tmp"
+    temporary.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(temporary))
+    stylizer = cluster(style, staging=tmp_path / "staging" if given else None)
     stylizer.options.iterations = 12  # frames slow enough to kill a worker in the middle of its chunk
     where = stylizer.wait_ready()
-    killed = []
+    killed, staged = [], []
 
     def on_progress(event):
         if stylizer.stats["frames_made"] >= 2 and not killed:
             os.kill(where[0]["pid"], signal.SIGKILL)  # worker 0 runs the first chunk, the one going out
             killed.append(stylizer.stats["frames_made"])
+            staged.extend(str(p) for p in (tmp_path if given else temporary).rglob("*.png"))
 
     stylizer.progress = on_progress
     received = [result.index for result in stylizer.run(bunny)]
@@ -143,6 +202,8 @@ def test_a_killed_worker_has_its_chunk_carried_on_and_nothing_recomputed(ray_run
     assert stylizer.stats["reruns"] >= 1
     # every frame made once: the rerun carried on after the frames that had arrived
     assert stylizer.stats["frames_made"] == stylizer.plan.work
+    # what arrived waited on disk, never in the driver's memory; given no folder, a temporary one, now gone
+    assert len(staged) >= 2 and not os.listdir(temporary)
 
 
 def test_a_stopped_run_resumes_after_the_frames_that_exist(ray_runtime, bunny, style, tmp_path):

@@ -30,6 +30,9 @@ class Head(FrameSource):
     def __len__(self) -> int:
         return self.count
 
+    def reader(self) -> "Head":
+        return Head(self.source.reader(), self.count, self.size)
+
     def __getitem__(self, index: int) -> np.ndarray:
         if not 0 <= index < self.count:
             raise IndexError(index)
@@ -43,6 +46,36 @@ def resident_mib() -> float | None:
     try:
         with open("/proc/self/statm") as statm:
             return int(statm.read().split()[1]) * 4096 / 2**20
+    except OSError:
+        return None
+
+
+def tree_resident_mib(root: int | None = None) -> float | None:
+    """Resident memory of a process and every process under it (Linux), None elsewhere: for a local Ray
+    runtime, the driver, Ray's own processes and every worker. Pages shared between them count in each."""
+    root = os.getpid() if root is None else root
+    try:
+        parents = {}
+        for entry in os.listdir("/proc"):
+            if entry.isdigit():
+                try:
+                    with open(f"/proc/{entry}/stat") as stat:
+                        parents[int(entry)] = int(stat.read().rsplit(")", 1)[1].split()[1])
+                except (OSError, IndexError, ValueError):
+                    continue  # gone meanwhile
+        tree, grew = {root}, True
+        while grew:
+            more = {pid for pid, parent in parents.items() if parent in tree} - tree
+            tree |= more
+            grew = bool(more)
+        pages = 0
+        for pid in tree:
+            try:
+                with open(f"/proc/{pid}/statm") as statm:
+                    pages += int(statm.read().split()[1])
+            except OSError:
+                continue
+        return pages * 4096 / 2**20
     except OSError:
         return None
 

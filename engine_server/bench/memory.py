@@ -2,6 +2,7 @@
 
     python -m engine_server.bench memory                       # cup.mp4 (217 frames) at 320 px wide
     python -m engine_server.bench memory --width 640 --frames 100 --modes temporal
+    python -m engine_server.bench memory --ray 2 --modes temporal --skip-baseline   # scale-out beside one machine
 
 Each row runs one mode over the clip the way the CLI does (the video's path, decoded as frames are asked
 for) and records the process's resident memory after every frame. The baseline row runs the same job on
@@ -9,6 +10,10 @@ the clip decoded up front into a list of frames, as the engine read videos befor
 streaming saves, and it grows with the clip (ten minutes of 720p are 40 GB). Iterations are few (1 per
 frame by default) because memory does not depend on them; flows, masks, warps, the painted start and the
 scene-cut test all run as in a real job. Goal (issue 8): flat, i.e. no growth per frame beyond noise.
+
+``--ray N`` adds a row for the same job in temporal mode on a local Ray runtime with N workers; its figure
+is the whole process tree (the driver, Ray's processes, the workers and the feed that serves them frames),
+so it starts higher, and what to read is its growth.
 """
 from __future__ import annotations
 
@@ -23,7 +28,7 @@ import numpy as np
 
 from ..io.frames import open_frames
 from ..pipeline import StylizeOptions, Stylizer
-from .common import DATA, Head, resident_mib, table
+from .common import DATA, Head, resident_mib, table, tree_resident_mib
 
 
 def peak_resident_mib() -> float | None:
@@ -43,23 +48,36 @@ def reset_peak() -> None:
 
 
 def measure(clip_path: str, width: int, count: int, up_front: bool, style: str, options: StylizeOptions,
-            frames_at: tuple[int, ...]) -> dict:
+            frames_at: tuple[int, ...], ray_workers: int = 0) -> dict:
     """One row, in a process of its own (an earlier row's freed memory would blur this one's)."""
     source = Head(open_frames(clip_path, width), count)
     if up_front:
         source = [source[i].copy() for i in range(count)]
     gc.collect()
     reset_peak()
-    stylizer = Stylizer([style], options)
-    resident, started = {}, time.perf_counter()
+    if ray_workers:
+        from ..scale.cluster import ClusterStylizer
+
+        stylizer = ClusterStylizer([style], options, address="local", workers=ray_workers)
+        stylizer.wait_ready()  # the workers' engines loaded before the clock starts, as in the other rows
+        memory = tree_resident_mib
+    else:
+        stylizer, memory = Stylizer([style], options), resident_mib
+    resident, peak, started = {}, 0.0, time.perf_counter()
     for result in stylizer.run(source):
-        resident[result.index] = resident_mib()
+        resident[result.index] = memory()
+        peak = max(peak, resident[result.index] or 0.0)
         del result  # keep no image: the figure is the engine's memory, not this script's
     seconds = time.perf_counter() - started
+    if ray_workers:
+        stylizer.shutdown()
+        stylizer.disconnect()
     # growth: the least-squares slope of resident memory from frame 10 on (the first frames warm caches up)
     later = sorted(i for i in resident if i >= min(10, count))
     slope = float(np.polyfit(later, [resident[i] for i in later], 1)[0]) if len(later) > 2 and resident[later[0]] else None
-    return {"seconds_per_frame": seconds / max(1, len(resident)), "peak": peak_resident_mib(),
+    # a process tree has no high-water mark of its own: its peak is the largest figure sampled
+    return {"seconds_per_frame": seconds / max(1, len(resident)),
+            "peak": peak if ray_workers else peak_resident_mib(),
             "growth": None if slope is None else slope * 100, "end": resident.get(count),
             **{f"at {i}": resident.get(i) for i in frames_at}}
 
@@ -72,6 +90,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--iterations", type=int, default=1, help="per frame (default 1: memory does not depend on it)")
     parser.add_argument("--modes", default="temporal,fast", help="comma-separated modes (default temporal,fast)")
     parser.add_argument("--skip-baseline", action="store_true", help="leave out the clip decoded up front")
+    parser.add_argument("--ray", type=int, default=0, metavar="N",
+                        help="add temporal mode on a local Ray runtime with N workers (the whole process tree)")
     parser.add_argument("--style", default=str(DATA / "styles" / "starry_night.jpg"))
     parser.add_argument("--device", default="cpu")
     args = parser.parse_args(argv)
@@ -93,13 +113,15 @@ def main(argv: list[str] | None = None) -> int:
     runs = [(mode, "as needed") for mode in args.modes.split(",")]
     if not args.skip_baseline:
         runs.insert(1, (runs[0][0], "decoded up front"))
+    if args.ray:
+        runs.append(("temporal", f"as needed, Ray {args.ray} workers"))
     spawn = multiprocessing.get_context("spawn")
     for mode, reading in runs:
         options = StylizeOptions(mode=mode, width=args.width, iterations=args.iterations,
                                  first_iterations=args.iterations, device=args.device)
         with ProcessPoolExecutor(1, mp_context=spawn) as fresh:
-            figures = fresh.submit(measure, args.clip, args.width, count, reading != "as needed", args.style,
-                                   options, frames_at).result()
+            figures = fresh.submit(measure, args.clip, args.width, count, reading == "decoded up front",
+                                   args.style, options, frames_at, args.ray if "Ray" in reading else 0).result()
         mib = lambda v: "-" if v is None else f"{v:.0f}"
         row = [mode, reading, f"{figures['seconds_per_frame']:.2f}",
                *[mib(figures[f"at {i}"]) for i in frames_at], mib(figures["end"]), mib(figures["peak"]),

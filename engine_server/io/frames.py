@@ -5,6 +5,7 @@ half-written frame that a resumed run would trust. The engine server's job store
 """
 from __future__ import annotations
 
+import copy
 import glob
 import itertools
 import operator
@@ -93,6 +94,11 @@ class FrameSource(Sequence):
         frame = read_image(item, "frame") if isinstance(item, str) else item
         return resize(frame, self.size)
 
+    def reader(self) -> "FrameSource":
+        """A source of the same frames to read from independently of this one (another thread's or
+        chunk's position in a video). Files and arrays are read without state: this very one."""
+        return self
+
 
 class VideoFrames(FrameSource):
     """A video's frames at processing size, decoded when asked for: a clip is never held whole (ten
@@ -134,6 +140,21 @@ class VideoFrames(FrameSource):
 
     def __len__(self) -> int:
         return self._count
+
+    def reader(self) -> "VideoFrames":
+        """The same video with a decoder and cache of its own (frames counted once, not again)."""
+        return copy.copy(self)
+
+    # Pickled (to another process) or copied without the decoder, the cache or the lock: the copy opens
+    # its own decoder when a frame is first asked for.
+    def __getstate__(self) -> dict:
+        return {k: v for k, v in self.__dict__.items() if k not in ("_capture", "_next", "_cache", "_lock")}
+
+    def __setstate__(self, state: dict) -> None:
+        self.__dict__.update(state)
+        self._capture, self._next = None, 0
+        self._cache = OrderedDict()
+        self._lock = threading.Lock()
 
     def __getitem__(self, index: int) -> np.ndarray:
         index = operator.index(index)

@@ -5,7 +5,8 @@
 This process (the driver) plans the chunks (:mod:`.chunks`), hands them to :class:`ChunkWorker` actors as
 they fall idle, blends each seam's window (:mod:`.seams`) once both chains have made it, and yields the
 finished frames in input order, with progress over all workers. Ray places the actors, restarts one whose
-process dies, and moves the data; the driver only decides what runs next.
+process dies, and moves the data; the driver only decides what runs next. Workers read their chunk's frames
+a few at a time from a feed on the driver's machine (:mod:`.feed`), so no chunk is ever in memory whole.
 
 Faults: a worker that dies mid-chunk loses nothing that reached the driver. The chunk goes back in the
 queue with the frames already received as its history, so its chain carries on exactly where it stopped
@@ -25,10 +26,12 @@ import numpy as np
 
 from ..errors import Cancelled, InputError, WorkerLost
 from ..io.frames import FrameLike, FrameSource, open_frames
+from ..io.scratch import Scratch
 from ..options import StylizeOptions
 from ..pipeline import FrameResult, Progress, load_styles, per_frame_weights
 from . import chunks as chunking
 from . import seams
+from .feed import FedFrames, FrameFeed
 from .staging import FOLDER_NAME, FrameStore, Staging
 
 RAY_MISSING = "--ray needs Ray on this machine: pip install 'vse-style-transfer[ray]' (make setup installs it)"
@@ -125,12 +128,17 @@ class ChunkWorker:
             self.stylizer = Stylizer(styles, self.options)
         return {"host": os.uname().nodename, "pid": os.getpid(), "device": str(self.stylizer.device)}
 
-    def chunk(self, styles: list[np.ndarray], frames: list[np.ndarray], weights: np.ndarray,
-              done: dict[int, np.ndarray | None]):
-        """Yields each frame of the chunk as it finishes (indices relative to the chunk, 1-based). ``done``:
+    def chunk(self, styles: list[np.ndarray], feed, number: int, frames: range, size: tuple[int, int],
+              weights: np.ndarray, done: dict[int, np.ndarray | None]):
+        """Yields each frame of chunk ``number`` as it finishes (indices relative to the chunk, 1-based).
+        ``frames``: the strip's frames it makes, read from ``feed`` as the chain asks for them. ``done``:
         the frames it already made, with the images of the last few (its chain carries on from them)."""
+        import ray
+
         self.load(styles)
-        yield from self.stylizer.run(frames, weights, done)
+        start = frames.start
+        fed = FedFrames(lambda a, b: ray.get(feed.frames.remote(number, start + a, start + b)), len(frames), size)
+        yield from self.stylizer.run(fed, weights, done)
 
 
 class ClusterStylizer:
@@ -157,7 +165,9 @@ class ClusterStylizer:
         connect(address, workers)
         self.layout = Layout.choose(self.options, workers, threads)
         self.plan: chunking.Plan | None = None
-        self.stats = {"frames_made": 0, "reruns": 0}  # of the last run: what the workers sent, chunks rerun
+        # of the last run: what the workers sent, chunks rerun, and the feed's [frames handed out, largest
+        # request] for each chunk
+        self.stats = {"frames_made": 0, "reruns": 0, "fed": {}}
         self._workers: list = []
         self.styles_ref = None
 
@@ -202,17 +212,24 @@ class ClusterStylizer:
         """Yield every frame not in ``done`` (1-based index -> finished image) in order."""
         source = frames if isinstance(frames, FrameSource) else open_frames(frames, self.options.width)
         style_weights = per_frame_weights(weights, len(source), len(self.style_images))
-        staging = Staging(self.staging_folder)
-        self.plan = self.make_plan(source, staging)
-        self.stats = {"frames_made": 0, "reruns": 0}
-        run = _Run(self, source, style_weights, staging, dict(done or {}))
+        # Given no folder, the frames wait in a temporary one (removed with the run, however it ends): in
+        # memory, a later chunk's frames would pile up for as long as the first chunk runs.
+        temporary = Scratch() if self.staging_folder is None else None
         try:
-            yield from run.frames()
+            staging = Staging(self.staging_folder if temporary is None else temporary.path)
+            self.plan = self.make_plan(source, staging)
+            self.stats = {"frames_made": 0, "reruns": 0, "fed": {}}
+            run = _Run(self, source, style_weights, staging, dict(done or {}))
+            try:
+                yield from run.frames()
+            finally:
+                if run.close():  # chunks still running cannot be cancelled on their workers: the workers go
+                    self.shutdown()
+            if not self.keep_staging:
+                staging.remove()
         finally:
-            if run.close():  # chunks still running cannot be cancelled on their workers: the workers go
-                self.shutdown()
-        if not self.keep_staging:
-            staging.remove()
+            if temporary is not None:
+                temporary.close()
 
     def start_workers(self) -> list:
         ray = import_ray()
@@ -273,6 +290,7 @@ class _Run:
         self.tasks: list[_Task] = []
         self.idle: list[int] = []
         self.results: dict[int, FrameResult] = {}  # what the workers said of each frame (images staged)
+        self.feed = None  # the strip's frames, for the workers (started with the run)
 
     # -- what is there ---------------------------------------------------------------------------
     def store_of(self, chunk: chunking.Chunk, index: int) -> FrameStore:
@@ -322,17 +340,15 @@ class _Run:
 
     def start_chunk(self, worker_number: int, chunk: chunking.Chunk) -> _Task:
         """The chunk's chain, carrying on after the frames it already made (a rerun, or a resumed run)."""
-        ray = import_ray()
         resume = chunk.start
         while resume < chunk.frames.stop and self.has_chain_output(chunk, resume):
             resume += 1
         done: dict[int, np.ndarray | None] = {}
         for i in range(chunk.start, resume):  # only the last few images are read: the long-term history
             done[i - chunk.start + 1] = self.chain_output(chunk, i) if i >= resume - self.history else None
-        frames = [self.source[i] for i in chunk.frames]
         worker = self.owner.start_workers()[worker_number]
-        generator = worker.chunk.remote(self.owner.styles_ref, ray.put(frames),
-                                        self.weights[chunk.frames.start:chunk.frames.stop], done)
+        generator = worker.chunk.remote(self.owner.styles_ref, self.feed, chunk.number, chunk.frames,
+                                        self.source.size, self.weights[chunk.frames.start:chunk.frames.stop], done)
         return _Task(chunk, generator, worker_number)
 
     def dispatch(self) -> None:
@@ -344,12 +360,23 @@ class _Run:
             self.tasks.append(self.start_chunk(self.idle.pop(0), pending[0]))
 
     # -- the loop ------------------------------------------------------------------------------
+    def start_feed(self) -> None:
+        """The feed runs on this machine (where the frames are), served to every worker at once."""
+        ray = import_ray()
+        from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+        here = NodeAffinitySchedulingStrategy(ray.get_runtime_context().get_node_id(), soft=False)
+        self.feed = ray.remote(FrameFeed).options(num_cpus=0, max_concurrency=self.owner.layout.workers + 2,
+                                                  scheduling_strategy=here).remote(self.source)
+
     def frames(self) -> Iterator[FrameResult]:
         ray = import_ray()
         self.idle = list(range(len(self.owner.start_workers())))
+        self.start_feed()
         while True:
             yield from self.ready_frames()
             if self.next_out >= self.count:
+                self.owner.stats["fed"] = ray.get(self.feed.stats.remote())
                 if self.owner.progress is not None:  # the whole strip, as the single-machine engine ends
                     self.owner.progress(Progress("done", self.count, self.count, frames_done=self.count,
                                                  elapsed=time.perf_counter() - self.started))
@@ -381,8 +408,7 @@ class _Run:
         if result is None:  # the chunk is done
             self.tasks.remove(task)
             self.idle.append(task.worker)
-            for index in range(task.chunk.start, min(self.next_out, task.chunk.frames.stop)):
-                self.forget(index)  # passed on while the chunk ran
+            self.feed.release.remote(task.chunk.number)
             return
         index = task.chunk.start + result.index - 1
         self.store_of(task.chunk, index).put(index, result.image)
@@ -411,20 +437,8 @@ class _Run:
             self.next_out += 1
             if index in self.finished:
                 continue
-            said = self.results.get(index) or FrameResult(index + 1, None, 0.0, {}, 0, resumed=True)
-            image = self.final_output(index)
-            self.forget(index)
-            yield replace(said, image=image, cut=index in self.cuts)
-
-    def forget(self, index: int) -> None:
-        """An image in memory that no chain can need again goes: once out, and every chunk that made it
-        has finished (a chunk rerun after its worker died reads its last frames as history)."""
-        for chunk in self.plan.chunks:
-            if index in chunk.frames and (any(t.chunk is chunk for t in self.tasks)
-                                          or any(self.needed(chunk, i) for i in chunk.frames)):
-                return
-        self.staging.raw.drop(index)
-        self.staging.carried.drop(index)
+            said = self.results.pop(index, None) or FrameResult(index + 1, None, 0.0, {}, 0, resumed=True)
+            yield replace(said, image=self.final_output(index), cut=index in self.cuts)
 
     def emit(self) -> None:
         if self.owner.progress is None:
@@ -452,5 +466,11 @@ class _Run:
             try:
                 ray.cancel(task.generator)
             except Exception:  # already finished, or its worker is gone
+                pass
+        feed, self.feed = self.feed, None
+        if feed is not None:
+            try:
+                ray.kill(feed)
+            except Exception:  # its process already gone
                 pass
         return bool(running)

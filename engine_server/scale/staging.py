@@ -2,9 +2,9 @@
 of its own frames (``raw``) and of the window past the seam after it (``carried``), which the seam blends
 with the next chunk's.
 
-With a folder they live on disk as PNGs (written atomically), so a long strip at 1080p does not pile up
-in the driver's memory while an early chunk is still running, and a run stopped and started again takes
-up every frame a worker finished instead of recomputing it. Without one they stay in memory.
+They live on disk as PNGs (written atomically), so a long strip at 1080p does not pile up in the driver's
+memory while an early chunk is still running (the frames of every later chunk wait for it), and a run
+stopped and started again takes up every frame a worker finished instead of recomputing it.
 """
 from __future__ import annotations
 
@@ -21,17 +21,15 @@ FOLDER_NAME = ".chunks"  # beside the output frames (stylize --ray) or in the jo
 
 
 class FrameStore:
-    """0-based frame index -> RGB uint8 image, on disk under ``folder/kind`` or in memory."""
+    """0-based frame index -> RGB uint8 image, on disk under ``folder/kind``."""
 
-    def __init__(self, folder: Path | None, kind: str):
-        self.folder = None if folder is None else Path(folder) / kind
-        self._memory: dict[int, np.ndarray] = {}
+    def __init__(self, folder: Path, kind: str):
+        self.folder = Path(folder) / kind
         self._indices: set[int] = set()
-        if self.folder is not None:
-            self.folder.mkdir(parents=True, exist_ok=True)
-            for name in os.listdir(self.folder):
-                if name.endswith(".png") and name[:-4].isdigit():
-                    self._indices.add(int(name[:-4]))
+        self.folder.mkdir(parents=True, exist_ok=True)
+        for name in os.listdir(self.folder):
+            if name.endswith(".png") and name[:-4].isdigit():
+                self._indices.add(int(name[:-4]))
 
     def _path(self, index: int) -> Path:
         return self.folder / f"{index:06d}.png"
@@ -43,28 +41,18 @@ class FrameStore:
         return len(self._indices)
 
     def put(self, index: int, image: np.ndarray) -> None:
-        if self.folder is None:
-            self._memory[index] = image
-        else:
-            write_atomic(self._path(index), encode_png(image))
+        write_atomic(self._path(index), encode_png(image))
         self._indices.add(index)
 
     def get(self, index: int) -> np.ndarray:
-        if self.folder is None:
-            return self._memory[index]
         return read_image(self._path(index), "staged frame")
-
-    def drop(self, index: int) -> None:
-        """Free a frame's image once nothing reads it again: the memory store lets it go (the frame still
-        counts as made); files stay for a resume."""
-        self._memory.pop(index, None)
 
 
 class Staging:
     """The staging folder of one output: the plan it was made for, and both frame stores."""
 
-    def __init__(self, folder: str | os.PathLike | None):
-        self.folder = None if folder is None else Path(folder)
+    def __init__(self, folder: str | os.PathLike):
+        self.folder = Path(folder)
         self._open()
 
     def _open(self) -> None:
@@ -72,7 +60,7 @@ class Staging:
         self.carried = FrameStore(self.folder, "carried")
 
     def saved_plan(self) -> dict | None:
-        if self.folder is None or not (self.folder / "plan.json").exists():
+        if not (self.folder / "plan.json").exists():
             return None
         try:
             return json.loads((self.folder / "plan.json").read_text())
@@ -80,8 +68,7 @@ class Staging:
             return None
 
     def save_plan(self, plan: dict) -> None:
-        if self.folder is not None:
-            write_atomic(self.folder / "plan.json", json.dumps(plan).encode())
+        write_atomic(self.folder / "plan.json", json.dumps(plan).encode())
 
     def clear(self) -> None:
         """Start afresh: staged frames of another run are none of this one's."""
@@ -90,5 +77,4 @@ class Staging:
 
     def remove(self) -> None:
         """Once every frame is out, the staged ones are no longer needed."""
-        if self.folder is not None:
-            shutil.rmtree(self.folder, ignore_errors=True)
+        shutil.rmtree(self.folder, ignore_errors=True)
