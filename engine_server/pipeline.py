@@ -177,17 +177,20 @@ class Stylizer:
         frames: FrameSource | str | Sequence[FrameLike],
         weights=None,
         done: dict[int, np.ndarray] | None = None,
+        colour_reference: np.ndarray | None = None,
     ) -> Iterator[FrameResult]:
         """Yield each frame as it finishes (1-based index). ``done`` maps indices of frames an earlier
         run finished to their RGB images, so a resumed run continues after them; an image the run will
-        not read (see :func:`images_to_resume`) may be None."""
+        not read (see :func:`images_to_resume`) may be None. ``colour_reference``: with preserve_colors,
+        the frame the paintings' luminance is matched to (default the first; a chunk of a longer strip
+        passes the strip's, so all its chunks share one target)."""
         source = frames if isinstance(frames, FrameSource) else open_frames(frames, self.options.width)
         count = len(source)
         style_weights = per_frame_weights(weights, count, len(self.style_images))
         torch.manual_seed(self.options.seed)
         np.random.seed(self.options.seed)
         try:
-            run = _Run(self, source, style_weights, dict(done or {}))
+            run = _Run(self, source, style_weights, dict(done or {}), colour_reference)
             del done  # the run holds each earlier image only until it has been used
             if self.fast:
                 yield from run.fast()
@@ -205,7 +208,8 @@ class Stylizer:
 class _Run:
     """State of one clip: the frames, style targets and outputs so far."""
 
-    def __init__(self, stylizer: Stylizer, source: FrameSource, style_weights: np.ndarray, done: dict):
+    def __init__(self, stylizer: Stylizer, source: FrameSource, style_weights: np.ndarray, done: dict,
+                 colour_reference: np.ndarray | None = None):
         self.s = stylizer
         self.opts = stylizer.options
         self.source = source
@@ -221,7 +225,10 @@ class _Run:
         self.clock: tuple[float, float] | None = None  # (time, work done) at the first optimizer iteration
         self.first_iterations, self.later_iterations = self.opts.resolved_iterations()
         self.work_done = 0.0  # in full-size iterations, for the ETA
-        self.colour_reference = source[0] if self.opts.preserve_colors else None
+        if self.opts.preserve_colors:
+            self.colour_reference = source[0] if colour_reference is None else to_rgb8(colour_reference, "colour reference")
+        else:
+            self.colour_reference = None
         self._emit(Progress("setup", 0, self.count))
         needed = painting_pixels(source.size, self.opts)
         self.styles = [fit_style(style, needed) for style in stylizer.style_images]

@@ -238,6 +238,23 @@ def test_frames_staged_for_other_options_are_not_taken_up(ray_runtime, bunny, st
     assert other.stats["frames_made"] == other.plan.work  # everything made afresh for these options
 
 
+def test_with_colours_kept_every_chunk_matches_the_paintings_to_the_strips_first_frame(ray_runtime, bunny, style,
+                                                                                       one_thread):
+    """As on one machine: a later chunk's chain is matched to frame 1's luminance, not its own first
+    frame's, or each chunk of a shot would get other targets and the seam would show it."""
+    options = StylizeOptions(**{**TINY, "preserve_colors": True})
+    stylizer = ClusterStylizer([style], options, address="local", workers=2, chunk_frames=5, window=2, threads=1)
+    results = list(stylizer.run(bunny))
+    stylizer.shutdown()
+    seam, later = stylizer.plan.seams[0], stylizer.plan.chunks[1]
+    local = Stylizer([style], options)
+    matched = [r.image for r in local.run(bunny[later.start:], colour_reference=bunny[0])]
+    own = [r.image for r in local.run(bunny[later.start:])]
+    assert not np.array_equal(matched[-1], own[-1])  # the reference makes a difference here
+    for index in range(seam.frame + seam.window, len(bunny)):  # the later chain's own frames, past the window
+        assert np.array_equal(results[index].image, matched[index - later.start]), f"frame {index + 1} differs"
+
+
 def test_cli_stylize_with_ray(ray_runtime, bunny, style, tmp_path):
     from engine_server.cli import main
 

@@ -129,16 +129,18 @@ class ChunkWorker:
         return {"host": os.uname().nodename, "pid": os.getpid(), "device": str(self.stylizer.device)}
 
     def chunk(self, styles: list[np.ndarray], feed, number: int, frames: range, size: tuple[int, int],
-              weights: np.ndarray, done: dict[int, np.ndarray | None]):
+              weights: np.ndarray, done: dict[int, np.ndarray | None], colour_reference: np.ndarray | None):
         """Yields each frame of chunk ``number`` as it finishes (indices relative to the chunk, 1-based).
         ``frames``: the strip's frames it makes, read from ``feed`` as the chain asks for them. ``done``:
-        the frames it already made, with the images of the last few (its chain carries on from them)."""
+        the frames it already made, with the images of the last few (its chain carries on from them).
+        ``colour_reference``: the strip's first frame when colours are preserved (every chunk matches the
+        paintings to it, as one machine does), else None."""
         import ray
 
         self.load(styles)
         start = frames.start
         fed = FedFrames(lambda a, b: ray.get(feed.frames.remote(number, start + a, start + b)), len(frames), size)
-        yield from self.stylizer.run(fed, weights, done)
+        yield from self.stylizer.run(fed, weights, done, colour_reference)
 
 
 class ClusterStylizer:
@@ -291,6 +293,7 @@ class _Run:
         self.idle: list[int] = []
         self.results: dict[int, FrameResult] = {}  # what the workers said of each frame (images staged)
         self.feed = None  # the strip's frames, for the workers (started with the run)
+        self.colour_reference = source[0] if owner.options.preserve_colors else None
 
     # -- what is there ---------------------------------------------------------------------------
     def store_of(self, chunk: chunking.Chunk, index: int) -> FrameStore:
@@ -348,7 +351,8 @@ class _Run:
             done[i - chunk.start + 1] = self.chain_output(chunk, i) if i >= resume - self.history else None
         worker = self.owner.start_workers()[worker_number]
         generator = worker.chunk.remote(self.owner.styles_ref, self.feed, chunk.number, chunk.frames,
-                                        self.source.size, self.weights[chunk.frames.start:chunk.frames.stop], done)
+                                        self.source.size, self.weights[chunk.frames.start:chunk.frames.stop], done,
+                                        self.colour_reference)
         return _Task(chunk, generator, worker_number)
 
     def dispatch(self) -> None:
