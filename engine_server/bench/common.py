@@ -10,35 +10,13 @@ import numpy as np
 import torch
 
 from ..io.flowfiles import read_flo
-from ..io.frames import FrameSource, read_image, resize
+from ..io.frames import read_image, resize
 from ..metrics import inside_mask
 from ..motion.warp import warp_numpy
 from ..pipeline import StylizeOptions, Stylizer
 
 # ../shared/data beside the project, or where VSE_STYLE_DATA points
 DATA = Path(os.environ.get("VSE_STYLE_DATA") or Path(__file__).resolve().parents[3] / "shared" / "data")
-
-
-class Head(FrameSource):
-    """The first ``count`` frames of a source, read only as they are asked for (a benchmark measuring
-    memory must not hold the clip itself), brought to ``size`` when given."""
-
-    def __init__(self, source: FrameSource, count: int, size: tuple[int, int] | None = None):
-        super().__init__([], size or source.size, source.names[:count])
-        self.source, self.count = source, min(count, len(source))
-
-    def __len__(self) -> int:
-        return self.count
-
-    def reader(self) -> "Head":
-        return Head(self.source.reader(), self.count, self.size)
-
-    def __getitem__(self, index: int) -> np.ndarray:
-        if not 0 <= index < self.count:
-            raise IndexError(index)
-        frame = self.source[index]
-        return frame if frame.shape[:2] == (self.size[1], self.size[0]) else cv2.resize(
-            frame, self.size, interpolation=cv2.INTER_AREA)
 
 
 def resident_mib() -> float | None:

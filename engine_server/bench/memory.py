@@ -28,7 +28,8 @@ import numpy as np
 
 from ..io.frames import open_frames
 from ..pipeline import StylizeOptions, Stylizer
-from .common import DATA, Head, resident_mib, table, tree_resident_mib
+from .common import DATA, resident_mib, table, tree_resident_mib
+from .head import Head
 
 
 def peak_resident_mib() -> float | None:

@@ -29,7 +29,8 @@ from ..io.frames import open_frames
 from ..metrics import stability_error
 from ..options import INITS
 from ..pipeline import Progress, StylizeOptions, Stylizer
-from .common import DATA, Head, parse_size, resident_mib, sintel, table
+from .common import DATA, parse_size, resident_mib, sintel, table
+from .head import Head
 
 
 class Timed:
