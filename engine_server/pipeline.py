@@ -225,10 +225,10 @@ class _Run:
         self.clock: tuple[float, float] | None = None  # (time, work done) at the first optimizer iteration
         self.first_iterations, self.later_iterations = self.opts.resolved_iterations()
         self.work_done = 0.0  # in full-size iterations, for the ETA
+        self.colour_reference = None
         if self.opts.preserve_colors:
-            self.colour_reference = source[0] if colour_reference is None else to_rgb8(colour_reference, "colour reference")
-        else:
-            self.colour_reference = None
+            self.colour_reference = source[0] if colour_reference is None else to_rgb8(colour_reference,
+                                                                                       "colour reference")
         self._emit(Progress("setup", 0, self.count))
         needed = painting_pixels(source.size, self.opts)
         self.styles = [fit_style(style, needed) for style in stylizer.style_images]
