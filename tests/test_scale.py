@@ -102,7 +102,7 @@ def test_a_chunk_is_fed_a_few_frames_at_a_time_and_far_chunks_decode_in_order(tm
     import weakref
 
     from engine_server.io.frames import VideoFrames, write_video
-    from engine_server.scale.feed import FETCH_FRAMES, KEEP_FRAMES, FedFrames, FrameFeed
+    from engine_server.scale.feed import KEEP_FRAMES, FedFrames, FrameFeed
     from test_frames import decoded_whole, make_frames
 
     path = write_video(make_frames(130, 64, 48), tmp_path / "long.mp4", fps=10)
