@@ -2,7 +2,8 @@
 
 Multi-pass revisits every frame of the clip in each of its passes; its state (each frame, its current
 result, the flows and masks between neighbours) is as large as the clip, so it lives in a temporary folder
-that is removed when the run ends, and memory holds only the frame being optimized.
+that is removed when the run ends, and memory holds only the frame being optimized. The scale-out uses
+the same folder, given nowhere else to stage its workers' frames.
 """
 from __future__ import annotations
 

@@ -28,7 +28,7 @@ from ..errors import Cancelled, InputError, WorkerLost
 from ..io.frames import FrameLike, FrameSource, open_frames
 from ..io.scratch import Scratch
 from ..options import StylizeOptions
-from ..pipeline import FrameResult, Progress, load_styles, per_frame_weights
+from ..pipeline import FrameResult, Progress, images_to_resume, load_styles, per_frame_weights
 from . import chunks as chunking
 from . import seams
 from .feed import FedFrames, FrameFeed
@@ -280,10 +280,10 @@ class _Run:
         self.count = len(source)
         self.history = max(owner.options.long_term)
         self.cuts = set(self.plan.cuts)
-        # 0-based frames the caller already has; of their images only those a chain may carry on from
+        # 0-based frames the caller already has; of their images only those a chain may carry on from (the
+        # rule a resume on one machine follows)
         self.finished = {index - 1 for index in done}
-        self.finished_images = {i: done[i + 1] for i in self.finished
-                                if any(j not in self.finished for j in range(i + 1, min(self.count, i + self.history + 1)))}
+        self.finished_images = {i - 1: done[i] for i in images_to_resume(owner.options, done, self.count)}
         self.reruns: dict[int, int] = {}  # chunk number -> times its worker died under it
         self.seam_at = {f: (seam, f - seam.frame) for seam in self.plan.seams for f in seam.frames}
         self.next_out = 0
