@@ -37,6 +37,7 @@ from .staging import FOLDER_NAME, FrameStore, Staging
 RAY_MISSING = "--ray needs Ray on this machine: pip install 'vse-style-transfer[ray]' (make setup installs it)"
 WAIT_SECONDS = 0.2   # how often the driver looks at cancel() while the workers run
 MAX_RERUNS = 3       # a chunk whose worker dies this often more is failing for a reason of its own
+RESTART_POLL = 0.5   # how often the driver asks a restarting worker whether it is back
 
 
 def import_ray():
@@ -263,6 +264,12 @@ class ClusterStylizer:
     disconnect = staticmethod(disconnect)
 
 
+def engine_error(exc) -> BaseException:
+    """The engine's own exception inside a worker's RayTaskError (bad input, out of memory)."""
+    cause = exc.as_instanceof_cause()
+    return getattr(cause, "cause", None) or cause
+
+
 @dataclass
 class _Task:
     chunk: chunking.Chunk
@@ -291,6 +298,9 @@ class _Run:
         self.clock: tuple[float, int] | None = None
         self.tasks: list[_Task] = []
         self.idle: list[int] = []
+        # workers whose process died: the probe sent (a call answered once Ray has restarted it), or when
+        # to send the next one; they get no chunk until one is answered
+        self.restarting: dict[int, object] = {}
         self.results: dict[int, FrameResult] = {}  # what the workers said of each frame (images staged)
         self.feed = None  # the strip's frames, for the workers (started with the run)
         self.colour_reference = source[0] if owner.options.preserve_colors else None
@@ -387,13 +397,21 @@ class _Run:
                 return
             self.dispatch()
             self.emit()
-            if not self.tasks:
+            if not self.tasks and not self.restarting:
                 raise RuntimeError(f"scale-out: frame {self.next_out + 1} is in no chunk left to run")
             if self.owner.cancel is not None and self.owner.cancel():
                 raise Cancelled("cancelled")  # the workers go at once (run's finally): what they sent is staged
-            ready, _ = ray.wait([t.generator for t in self.tasks], num_returns=1, timeout=WAIT_SECONDS)
-            for generator in ready:
-                self.receive(next(t for t in self.tasks if t.generator is generator))
+            self.probe_restarting()
+            probes = {ref: worker for worker, ref in self.restarting.items() if not isinstance(ref, float)}
+            waiting = [t.generator for t in self.tasks] + list(probes)
+            ready = ray.wait(waiting, num_returns=1, timeout=WAIT_SECONDS)[0] if waiting else []
+            if not waiting:
+                time.sleep(WAIT_SECONDS)
+            for ref in ready:
+                if ref in probes:
+                    self.answered(probes[ref], ref)
+                else:
+                    self.receive(next(t for t in self.tasks if t.generator is ref))
 
     def receive(self, task: _Task) -> None:
         ray = import_ray()
@@ -407,8 +425,7 @@ class _Run:
             self.lost(task, exc)
             return
         except ray.exceptions.RayTaskError as exc:  # the engine's own error (bad input, out of memory)
-            cause = exc.as_instanceof_cause()
-            raise getattr(cause, "cause", None) or cause from None
+            raise engine_error(exc) from None
         if result is None:  # the chunk is done
             self.tasks.remove(task)
             self.idle.append(task.worker)
@@ -433,7 +450,27 @@ class _Run:
         except Exception:
             pass
         self.tasks.remove(task)
-        self.idle.append(task.worker)
+        self.restarting[task.worker] = time.monotonic()  # probed at once; idle only when it answers
+
+    def probe_restarting(self) -> None:
+        """Ask each restarting worker whose turn has come whether it is back. A chunk handed to it before
+        would fail at once ("the actor is restarting") and count as one more death of that chunk."""
+        now = time.monotonic()
+        for worker, due in list(self.restarting.items()):
+            if isinstance(due, float) and now >= due:
+                self.restarting[worker] = self.owner.start_workers()[worker].load.remote(self.owner.styles_ref)
+
+    def answered(self, worker: int, probe) -> None:
+        ray = import_ray()
+        try:
+            ray.get(probe)
+        except ray.exceptions.RayTaskError as exc:  # the engine could not load there
+            raise engine_error(exc) from None
+        except (ray.exceptions.RayActorError, ray.exceptions.ObjectLostError):
+            self.restarting[worker] = time.monotonic() + RESTART_POLL  # not back yet
+            return
+        del self.restarting[worker]
+        self.idle.append(worker)
 
     def ready_frames(self) -> Iterator[FrameResult]:
         while self.next_out < self.count and (self.next_out in self.finished or self.has_final(self.next_out)):
