@@ -375,7 +375,8 @@ class _Run:
     # -- single pass: per-frame and temporal -----------------------------------------------------
     def single_pass(self) -> Iterator[FrameResult]:
         temporal_mode = self.opts.mode == "temporal"
-        flows = temporal.FlowAhead(self.s.flow, self.source, self.opts.long_term,
+        # the previous frame's pair always: it carries the start over and is the cut test, whatever J is
+        flows = temporal.FlowAhead(self.s.flow, self.source, set(self.opts.long_term) | {1},
                                    background=self.s.device.type == "cuda") if temporal_mode else None
         try:
             yield from self._single_pass(flows)
@@ -397,6 +398,11 @@ class _Run:
             if index + 1 in self.finished:
                 earlier_output = self.done.pop(index + 1)
                 if index + 1 in self.resumed:  # a later frame's temporal target
+                    # a cut between two resumed frames (``index`` is the previous one's 1-based number),
+                    # found by the earlier run, must still separate later frames' targets
+                    if flows is not None and index in self.resumed and self._cut_before(index):
+                        shot_start = index
+                        outputs.clear()
                     outputs[index] = image_tensor(self.content_space(earlier_output), device)
                 del earlier_output  # the caller's image is not kept past this point
                 previous_content = None
@@ -407,25 +413,25 @@ class _Run:
             started = time.perf_counter()
             rgb = self.source[index]
             content = image_tensor(self.content_space(rgb), device)
-            constraints, init, cut = [], None, None
+            constraints, init, cut, previous = [], None, None, None
             if flows is not None and index > 0:
                 self._emit(Progress("flow", index + 1, self.count))
-                earlier = flows.pairs(index)
-                if earlier and earlier[0][0] == 1:
-                    cut = cuts.detect_cut(self.source[index - 1], rgb, earlier[0][1].b_to_a,
-                                          earlier[0][1].certainty_on_b)
-                if cut is not None and cut.is_cut:
+                earlier = flows.pairs(index)  # closest first: j = 1, the previous frame's pair, always
+                previous = earlier[0][1]
+                cut = cuts.detect_cut(self.source[index - 1], rgb, previous.b_to_a, previous.certainty_on_b)
+                if cut.is_cut:
                     shot_start = index  # nothing before the cut constrains or starts anything after it
                     outputs.clear()
-                earlier = [(j, pair) for j, pair in earlier if index - j >= shot_start]
-                if earlier:
-                    constraints = temporal.constraints([(pair, outputs[index - j]) for j, pair in earlier], device)
-                if earlier and earlier[0][0] == 1:
-                    warped_prev, mask = constraints[0]
+                held = [(j, pair) for j, pair in earlier if j in self.opts.long_term and index - j >= shot_start]
+                if held:
+                    constraints = temporal.constraints([(pair, outputs[index - j]) for j, pair in held], device)
+                if index - 1 >= shot_start:  # the previous output, carried along the flow, is the start
+                    warped_prev, mask = constraints[0] if held[:1] and held[0][0] == 1 else \
+                        temporal.constraints([(previous, outputs[index - 1])], device)[0]
                     if previous_content is None:  # the previous frame was resumed, not computed here
                         previous_content = image_tensor(self.content_space(self.source[index - 1]), device)
                     fill = self.painting(rgb, index) if self.opts.init == "fast" else temporal.stylized_fill(
-                        content, outputs[index - 1], previous_content, earlier[0][1].b_to_a)
+                        content, outputs[index - 1], previous_content, previous.b_to_a)
                     init = temporal.initialization(content, warped_prev, mask, fill)
             warm = init is not None  # started from the previous output carried along the flow
             if init is None:
@@ -434,7 +440,7 @@ class _Run:
             iterations = self.first_iterations if first_of_shot else self.later_iterations
             if warm and not first_of_shot:  # pay for what changed: the new pixels get a first frame's share
                 iterations = schedule.warm_iterations(self.opts.schedule, self.later_iterations,
-                                                      self.first_iterations, earlier[0][1].untrusted_share)
+                                                      self.first_iterations, previous.untrusted_share)
                 planned_work = schedule.cost(self.levels(self.later_iterations, stylized=True), self.cost_of)
                 total_work += schedule.cost(self.levels(iterations, stylized=True), self.cost_of) - planned_work
             outcome = self.optimize(index, init, content, constraints, iterations, total_work,
@@ -458,7 +464,13 @@ class _Run:
     def _warm(self, index: int) -> bool:
         """Whether the frame is expected to start from the previous output (a cut, found later, may still
         make it a first frame)."""
-        return self.opts.mode != "per-frame" and index > 0 and 1 in self.opts.long_term
+        return self.opts.mode != "per-frame" and index > 0
+
+    def _cut_before(self, index: int) -> bool:
+        """The cut test on the pair (index - 1, index), for frames a resumed run takes over."""
+        a, b = self.source[index - 1], self.source[index]
+        pair = temporal.pair_flow(self.s.flow, a, b)
+        return cuts.detect_cut(a, b, pair.b_to_a, pair.certainty_on_b).is_cut
 
     def _stylized(self, warm: bool) -> bool:
         """Whether a frame starts from an image stylized at every scale: the previous output carried
@@ -488,14 +500,24 @@ class _Run:
             scratch.put(f"frame-{index}", rgb)
             return rgb
 
-        def toward(index: int, neighbour: int, pass_index: int) -> tuple[np.ndarray, np.ndarray]:
-            """(flow index -> neighbour, certainty on index): the pair's flows are computed once."""
-            pair_key = f"pair-{min(index, neighbour)}"
-            if f"{pair_key}-a_to_b" not in scratch:
-                self._emit(Progress("flow", index + 1, count, pass_index=pass_index, pass_count=passes))
-                pair = temporal.pair_flow(self.s.flow, frame(min(index, neighbour)), frame(max(index, neighbour)))
+        def cut_between(a: int, pass_index: int) -> bool:
+            """Whether frames a and a + 1 are in different shots; the pair's flows, masks and cut test
+            are computed once, in the second pass."""
+            pair_key = f"pair-{a}"
+            if f"{pair_key}-cut" not in scratch:
+                self._emit(Progress("flow", a + 1, count, pass_index=pass_index, pass_count=passes))
+                pair = temporal.pair_flow(self.s.flow, frame(a), frame(a + 1))
+                cut = cuts.detect_cut(frame(a), frame(a + 1), pair.b_to_a, pair.certainty_on_b)
                 for name in ("a_to_b", "b_to_a", "certainty_on_a", "certainty_on_b"):
                     scratch.put(f"{pair_key}-{name}", getattr(pair, name))
+                scratch.put(f"{pair_key}-cut", np.array(cut.is_cut))
+            return bool(scratch.get(f"{pair_key}-cut"))
+
+        def toward(index: int, neighbour: int, pass_index: int) -> tuple[np.ndarray, np.ndarray] | None:
+            """(flow index -> neighbour, certainty on index), or None across a scene cut."""
+            pair_key = f"pair-{min(index, neighbour)}"
+            if cut_between(min(index, neighbour), pass_index):
+                return None
             # index is frame b of the pair when its neighbour comes before it, frame a when after
             names = ("b_to_a", "certainty_on_b") if neighbour < index else ("a_to_b", "certainty_on_a")
             return scratch.get(f"{pair_key}-{names[0]}"), scratch.get(f"{pair_key}-{names[1]}")
@@ -514,8 +536,9 @@ class _Run:
                 content = image_tensor(self.content_space(rgb), device)
                 neighbour = index - 1 if forward else index + 1
                 constraint = None
-                if pass_index > 1 and 0 <= neighbour < count:
-                    flow, mask = toward(index, neighbour, pass_index)
+                carried = toward(index, neighbour, pass_index) if pass_index > 1 and 0 <= neighbour < count else None
+                if carried is not None:
+                    flow, mask = carried
                     constraint = (temporal.warped_onto(result(neighbour), flow), temporal.mask_tensor(mask, device))
                 if pass_index == 1:
                     init = self.first_image(content, rgb, index)
@@ -531,8 +554,9 @@ class _Run:
                 scratch.put(f"result-{index}", outcome.image.detach().cpu().numpy())
                 seconds[index] += time.perf_counter() - started
                 if pass_index == passes:
+                    cut = passes > 1 and index > 0 and cut_between(index - 1, pass_index)
                     yield FrameResult(index + 1, self.to_output(outcome.image, rgb), seconds[index],
-                                      outcome.losses, outcome.iterations * passes)
+                                      outcome.losses, outcome.iterations * passes, cut=cut)
         self._emit(Progress("done", count, count, frames_done=count, pass_index=passes, pass_count=passes))
 
 

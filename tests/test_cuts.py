@@ -1,6 +1,7 @@
 """Scene cuts: detected on real footage, and the frame after one carries nothing of the shot before."""
 import glob
 
+import cv2
 import numpy as np
 import pytest
 
@@ -52,3 +53,65 @@ def test_frame_after_a_cut_starts_afresh(shots):
     # exactly what the second shot gives on its own: nothing of the first shot was carried over
     assert np.abs(after_cut.image.astype(int) - alone[0].image.astype(int)).max() <= 1
     assert joined[4].losses["temporal"] > 0  # and the new shot's own chain starts again
+
+
+def grey(frame):
+    return np.repeat(cv2.cvtColor(frame, cv2.COLOR_RGB2GRAY)[..., None], 3, axis=2)
+
+
+def test_cuts_in_black_and_white_footage_and_to_and_from_black_are_found(shots):
+    """Hue and saturation see every grey pixel alike: the brightness histogram has to tell these apart."""
+    sintel, bunny = shots
+    within = [cut_between(grey(s[i]), grey(s[i + 1])) for s in (sintel, bunny) for i in range(len(s) - 1)]
+    assert not any(test.is_cut for test in within), within
+    black = np.zeros_like(bunny[0])
+    across = [cut_between(grey(sintel[-1]), grey(bunny[0])), cut_between(grey(bunny[0]), black),
+              cut_between(black, grey(sintel[0])), cut_between(np.full_like(black, 30), grey(bunny[0]))]
+    assert all(test.is_cut for test in across), across
+
+
+def test_a_fade_to_black_is_not_a_cut(shots):
+    _, bunny = shots
+    to_and_fro = bunny + bunny[::-1] + bunny  # the fixture's three frames, as a camera moving back and forth
+    fade = [(frame * (1 - step / 8)).astype(np.uint8) for step, frame in enumerate(to_and_fro)]  # 9 frames to 0
+    tests = [cut_between(fade[i], fade[i + 1]) for i in range(len(fade) - 2)]  # the last step is to black
+    assert not any(test.is_cut for test in tests), tests
+
+
+def _count_calls(monkeypatch, module, name, calls):
+    real = getattr(module, name)
+
+    def counted(*args, **kwargs):
+        calls.append(args)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(module, name, counted)
+
+
+def test_a_resumed_run_still_sees_a_cut_among_the_frames_it_carries_on_from(shots, monkeypatch):
+    """Two frames of one shot, three of another; frames 1-4 were finished before the run stopped. Frame 5's
+    long-term partner 4 frames back (frame 1) is across the cut: it must not hold frame 5."""
+    from engine_server import pipeline
+
+    sintel, bunny = shots
+    frames = sintel[:2] + bunny
+    done = {i + 1: frame for i, frame in enumerate(frames[:4])}  # the earlier run's images: any will do
+    held = []
+    _count_calls(monkeypatch, pipeline.temporal, "constraints", held)
+    options = StylizeOptions(mode="temporal", first_iterations=2, iterations=1, device="cpu", long_term=(1, 2, 4))
+    (last,) = list(Stylizer([bunny[0]], options).run(frames, done=done))
+    assert last.index == 5 and not last.cut
+    assert [len(pairs) for pairs, _device in held] == [2]  # frames 4 and 3, not frame 1
+
+
+def test_multipass_carries_nothing_across_a_cut(shots, monkeypatch):
+    from engine_server import pipeline
+
+    sintel, bunny = shots
+    carried = []
+    _count_calls(monkeypatch, pipeline.temporal, "warped_onto", carried)
+    options = StylizeOptions(mode="multipass", passes=3, iterations=1, device="cpu")
+    results = list(Stylizer([bunny[0]], options).run(sintel[:2] + bunny[:2]))
+    assert [r.cut for r in sorted(results, key=lambda r: r.index)] == [False, False, True, False]
+    # pass 2 (backward) and pass 3 (forward) each carry a result along the two pairs within the shots
+    assert len(carried) == 4

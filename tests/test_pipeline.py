@@ -287,12 +287,22 @@ def test_a_warm_frame_pays_a_first_frames_share_for_the_pixels_the_flow_could_no
     assert seen[3] == [Level((48, 40), 20)]
 
 
-def test_long_term_distances_without_the_previous_frame():
-    """--long-term 2 alone: frame 2 has no earlier frame to be held to or warm-started from (it used to
-    fail reading the missing pair), frame 3 is held to frame 1."""
+def test_long_term_distances_without_the_previous_frame(monkeypatch):
+    """--long-term 2 alone: frame 2 has no earlier frame to be held to (it used to fail reading the missing
+    pair), frame 3 is held to frame 1. Every later frame still starts from the previous output and is
+    tested for a cut, as the reference warm-starts from frame t-1 whatever J is (they used to start cold
+    on a later frame's budget, with no cut test)."""
+    from engine_server import pipeline
+
+    starts, tests = [], []
+    monkeypatch.setattr(pipeline.temporal, "initialization",
+                        lambda *a, real=pipeline.temporal.initialization: starts.append(1) or real(*a))
+    monkeypatch.setattr(pipeline.cuts, "detect_cut",
+                        lambda *a, real=pipeline.cuts.detect_cut: tests.append(1) or real(*a))
     results = list(stylize(moving_clip(3), [style_image()], long_term=(2,), **FAST))
     assert [r.index for r in results] == [1, 2, 3]
     assert results[1].losses["temporal"] == 0 and results[2].losses["temporal"] > 0
+    assert len(starts) == 2 and len(tests) == 2
 
 
 def test_warm_start_window_stops_a_converged_frame_early():
