@@ -214,11 +214,13 @@ class Exporter:
         index = len(self.paths) + 1
         frame = self.frames[index - 1]
         temp = self._temp()
-        temp.frame_start = temp.frame_end = frame
-        temp.render.filepath = os.path.join(self.folder, "render_######")
-        bpy.ops.render.render(animation=True, scene=temp.name)
+        # A still of the current frame, which may be negative (the scene's range may not): strips that
+        # start before frame 0 export like any other.
         path = os.path.join(self.folder, f"frame_{index:06d}.png")
-        os.replace(temp.render.frame_path(frame=frame), path)
+        temp.render.filepath = path
+        with bpy.context.temp_override(scene=temp):  # else the still is of the context scene's frame
+            temp.frame_set(frame)  # not frame_current, which stops at 0 unless negative frames are allowed
+            bpy.ops.render.render(write_still=True, scene=temp.name)
         if self.rendered:
             _scale_file(path, self.size)
         self.paths.append(path)

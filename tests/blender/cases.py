@@ -236,6 +236,29 @@ def export_image(tmp):
             "scenes": len(bpy.data.scenes)}
 
 
+def export_before_frame_zero(tmp):
+    """A strip that starts at frame -3, read from its files and rendered (a modifier): which source frame
+    each exported frame is (the render stopped at frame 0, then failed with FileNotFoundError)."""
+    bpy_case.enable()
+    frames = write_pngs(os.path.join(tmp, "src"), 6)
+    scene = bpy.context.scene
+    scene.render.resolution_x, scene.render.resolution_y = 40, 30  # the canvas of the rendered way
+    strip = image_strip(os.path.join(tmp, "src"), 6, frame_start=-3)  # frames -3..2
+    Exporter = addon().export.Exporter
+
+    def nearest(path):
+        pixels = read_rgb(path).astype(int)
+        return int(np.argmin([np.abs(pixels - frame).mean() for frame in frames]))
+
+    result = {"frames": list(Exporter(scene, strip, os.path.join(tmp, "probe"), 0).frames)}
+    for way in ("source", "rendered"):
+        if way == "rendered":
+            strip.modifiers.new(name="bc", type="BRIGHT_CONTRAST").bright = 0.0
+        exporter = Exporter(scene, strip, os.path.join(tmp, way), 0)
+        result[way] = {"rendered": exporter.rendered, "shown": [nearest(p) for p in exporter.run()]}
+    return result
+
+
 def export_movie(tmp):
     """An OpenCV-made movie, started at frame 3 and trimmed: which source frames come out, and how exactly."""
     bpy_case.enable()

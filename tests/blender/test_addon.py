@@ -94,6 +94,13 @@ def test_export_movie_strip_respects_offset_and_trims(tmp_path):
     assert max(result["mean_diff"]) < 4.0  # MJPG decoded by Blender vs OpenCV, then scaled
 
 
+def test_export_of_a_strip_that_starts_before_frame_zero(tmp_path):
+    result = run_case("export_before_frame_zero", tmp=str(tmp_path))
+    assert result["frames"] == [-3, -2, -1, 0, 1, 2]
+    assert result["source"] == {"rendered": False, "shown": [0, 1, 2, 3, 4, 5]}
+    assert result["rendered"] == {"rendered": True, "shown": [0, 1, 2, 3, 4, 5]}
+
+
 def test_export_real_footage_matches_what_the_sequencer_shows(tmp_path):
     from conftest import shared_path
     movie = shared_path("video", "cup.mp4")
