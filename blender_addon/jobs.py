@@ -83,8 +83,10 @@ class Run:
         self.exporter = exporter
         self.job_request = job_request  # (styles, weights, options) of a new job
         self.since = since
+        # where the frames go, resolved once: a Save As elsewhere mid-job must not split them
+        self.folder = bpy.path.abspath(record.out_dir)
         count = record.frame_count  # frames already on disk: all but the missing (a new job: none)
-        self.have = set(range(1, count + 1)) - set(reimport.missing_frames(record.out_dir, count)) \
+        self.have = set(range(1, count + 1)) - set(reimport.missing_frames(self.folder, count)) \
             if job_request is None else set()
         self.stage = "connect"
         self.client = None
@@ -254,9 +256,8 @@ class Run:
             self.update(progress_text="Reconnected to the engine")
 
     def _write_frame(self, index: int, data):
-        folder = bpy.path.abspath(self.info["out_dir"])
-        os.makedirs(folder, exist_ok=True)
-        path = os.path.join(folder, reimport.frame_name(index))
+        os.makedirs(self.folder, exist_ok=True)
+        path = os.path.join(self.folder, reimport.frame_name(index))
         with open(path + ".part", "wb") as handle:
             handle.write(data)
         os.replace(path + ".part", path)  # never a half-written frame under the real name
@@ -265,7 +266,7 @@ class Run:
 
     def _import(self):
         self.update(state="done", progress=1.0, progress_text="Importing")
-        missing = reimport.missing_frames(self.info["out_dir"], self.info["frame_count"])
+        missing = reimport.missing_frames(self.folder, self.info["frame_count"])
         if missing:
             raise JobError(f"The engine finished but {len(missing)} frames never arrived; use Re-import")
         if self.background:
@@ -302,7 +303,7 @@ class Run:
         if scene is None:
             return
         try:  # the folder made for its frames, still empty
-            os.rmdir(bpy.path.abspath(self.info["out_dir"]))
+            os.rmdir(self.folder)
         except OSError:
             pass
         forget_record(scene, self.uid)
@@ -636,6 +637,54 @@ def notify(message: str, level: str = "INFO"):
             pass
 
 
+# -- the frames' folders when the .blend moves ------------------------------------------------------------
+
+_rebased: list = []  # (scene name, uid, out_dir before) while a save is under way
+
+
+def _where(path: str) -> str:
+    """A file's absolute path, comparable with another's."""
+    return os.path.normcase(os.path.abspath(path))
+
+
+@bpy.app.handlers.persistent
+def _on_save_pre(filepath):
+    """Save As elsewhere: every job's '//' folder is rewritten to reach the same frames from the new
+    place, as Blender's Remap Relative does for the strips' files (it knows nothing of add-on paths);
+    otherwise Re-import, Resume and the frames of a running job would look beside the new file."""
+    _rebased.clear()
+    old = bpy.data.filepath
+    if not old or not filepath or os.path.dirname(_where(old)) == os.path.dirname(_where(filepath)):
+        return
+    for scene in bpy.data.scenes:
+        for record in scene.vse_style_jobs:
+            if not record.out_dir.startswith("//"):
+                continue
+            folder = bpy.path.abspath(record.out_dir)
+            try:
+                moved = bpy.path.relpath(folder, start=os.path.dirname(os.path.abspath(filepath)))
+            except ValueError:  # another drive (Windows): absolute
+                moved = folder
+            _rebased.append((scene.name, record.uid, record.out_dir))
+            record.out_dir = moved
+            if record.uid in _runs:
+                _runs[record.uid].info["out_dir"] = moved
+
+
+@bpy.app.handlers.persistent
+def _on_save_post(filepath):
+    """A copy was saved (the open file stays where it was): its records get their paths back."""
+    if bpy.data.filepath and _where(bpy.data.filepath) != _where(filepath):
+        for scene_name, uid, out_dir in _rebased:
+            scene = bpy.data.scenes.get(scene_name)
+            record = find_record(scene, uid) if scene is not None else None
+            if record is not None:
+                record.out_dir = out_dir
+            if uid in _runs:
+                _runs[uid].info["out_dir"] = out_dir
+    _rebased.clear()
+
+
 @bpy.app.handlers.persistent
 def _on_load_pre(_file):
     stop_all()
@@ -646,14 +695,18 @@ def _on_load_post(_file):
     export.remove_stale_scenes()
 
 
+HANDLERS = (("load_pre", _on_load_pre), ("load_post", _on_load_post), ("save_pre", _on_save_pre),
+            ("save_post", _on_save_post))
+
+
 def register():
-    bpy.app.handlers.load_pre.append(_on_load_pre)
-    bpy.app.handlers.load_post.append(_on_load_post)
+    for kind, handler in HANDLERS:
+        getattr(bpy.app.handlers, kind).append(handler)
 
 
 def unregister():
     stop_all()
-    for handlers, handler in ((bpy.app.handlers.load_pre, _on_load_pre),
-                              (bpy.app.handlers.load_post, _on_load_post)):
+    for kind, handler in HANDLERS:
+        handlers = getattr(bpy.app.handlers, kind)
         if handler in handlers:
             handlers.remove(handler)

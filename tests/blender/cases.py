@@ -151,7 +151,8 @@ def register_cycle():
     after = {"panel": hasattr(bpy.types, "VSE_STYLE_PT_stylize"),
              "strip_props": hasattr(strip_type, "vse_style") or hasattr(strip_type, "vse_style_w0"),
              "scene_props": hasattr(bpy.types.Scene, "vse_style_jobs"),
-             "handlers": [h.__name__ for h in bpy.app.handlers.load_pre if h.__module__.startswith(ADDON)]}
+             "handlers": [h.__name__ for kind in ("load_pre", "load_post", "save_pre", "save_post")
+                          for h in getattr(bpy.app.handlers, kind) if h.__module__.startswith(ADDON)]}
     bpy_case.enable()
     again = hasattr(bpy.types, "VSE_STYLE_PT_stylize")
     return {"registered": first, "unregistered": after, "again": again, "torch": "torch" in sys.modules,
@@ -698,6 +699,41 @@ def cancel_import_continue(tmp, address):
                   partial=partial, part=part_report, continued=continued, done=done,
                   first_kept=os.stat(first).st_mtime_ns == stamp, again=again,
                   strips_unchanged=names == sorted(s.name for s in strips()))
+    return report
+
+
+def saved_elsewhere(tmp, address):
+    """Save As into another folder while the job runs, then Save Copy into a third: the frames stay in one
+    folder, and every file's record reaches them (its '//' path was re-resolved beside the new file)."""
+    prefs = bpy_case.enable()
+    _remote(prefs, address)
+    scene, source, frames = _clip_scene(tmp)
+    source.vse_style.iterations = 50  # frames 2 and 3 take seconds each: the save lands between them
+    call(bpy.ops.vse_style.stylize, wait=False)
+    jobs = addon().jobs
+    record = lambda: bpy.context.scene.vse_style_jobs[0]  # noqa: E731
+    first_frame = _tick_until(lambda: record().finished >= 1)
+    folder = bpy.path.abspath(record().out_dir)
+    finished_at_save = record().finished
+    os.makedirs(os.path.join(tmp, "moved"))
+    bpy.ops.wm.save_as_mainfile(filepath=os.path.join(tmp, "moved", "edit.blend"))
+    out_dir_after_save = record().out_dir
+    done = _tick_until(lambda: not jobs.busy())
+    report = _new_strip_report(bpy.context.scene, record())
+    strip = addon().compat.strips_all(bpy.context.scene.sequence_editor).get(record().result)
+    report.update(first_frame=first_frame, finished_at_save=finished_at_save, out_dir_after_save=out_dir_after_save,
+                  done=done, same_folder=os.path.samefile(bpy.path.abspath(record().out_dir), folder),
+                  strip_folder_same=bool(strip) and os.path.samefile(bpy.path.abspath(strip.directory), folder),
+                  files_at_folder=sorted(os.listdir(folder)),
+                  beside_new_file=os.path.exists(os.path.join(tmp, "moved", "stylized")))
+    os.makedirs(os.path.join(tmp, "copy"))
+    kept = record().out_dir
+    bpy.ops.wm.save_as_mainfile(filepath=os.path.join(tmp, "copy", "edit.blend"), copy=True)
+    report["kept_after_copy"] = record().out_dir == kept
+    bpy.ops.wm.open_mainfile(filepath=os.path.join(tmp, "copy", "edit.blend"))
+    copied = bpy.context.scene.vse_style_jobs[0]
+    report["copy_out_dir"] = copied.out_dir
+    report["copy_same_folder"] = os.path.samefile(bpy.path.abspath(copied.out_dir), folder)
     return report
 
 

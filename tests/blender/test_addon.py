@@ -317,6 +317,19 @@ def test_result_lands_over_the_source_after_it_moved_and_was_renamed(tmp_path, e
     assert result["keys_differ"]
 
 
+def test_frames_stay_together_when_the_blend_is_saved_elsewhere_mid_job(tmp_path, engine):
+    """The frames' folder was '//stylized/...' resolved on every frame: Save As mid-job split the frames
+    between two folders and left Re-import and Resume looking in the wrong one."""
+    result = run_case("saved_elsewhere", tmp=str(tmp_path), address=engine.address)
+    assert result["first_frame"] and result["done"] and result["finished_at_save"] < 3
+    assert result["out_dir_after_save"].startswith("//../stylized/shot/")
+    assert result["state"] == "done", result["error"]
+    assert result["files_at_folder"] == [f"frame_{i:06d}.png" for i in (1, 2, 3)] and not result["beside_new_file"]
+    assert result["same_folder"] and result["strip_folder_same"] and result["range"] == [6, 9]
+    assert result["kept_after_copy"], "a saved copy leaves the open file's paths alone"
+    assert result["copy_out_dir"].startswith("//../stylized/shot/") and result["copy_same_folder"]
+
+
 def test_reattach_to_a_finished_job_after_reloading_the_blend(tmp_path, engine):
     result = run_case("reattach", tmp=str(tmp_path), address=engine.address)
     assert result["uploaded"] and result["state_after_reload"] == "interrupted"
