@@ -10,7 +10,7 @@ import subprocess
 import threading
 import time
 from concurrent.futures import Future
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from . import shared_pkg
 
@@ -44,6 +44,16 @@ class Settings:
     @property
     def target(self) -> str:
         return f"tcp://127.0.0.1:{self.port}" if self.mode == "LOCAL" else self.address
+
+    @property
+    def endpoint(self) -> "Settings":
+        """What a connection is made for: the settings but the timeout, which an open client takes on."""
+        return replace(self, timeout=0.0)
+
+    @property
+    def process(self) -> tuple:
+        """What a local engine process is started with."""
+        return self.python, self.port, self.jobs_dir
 
 
 def _default_jobs_dir() -> str:
@@ -153,6 +163,8 @@ _local: "LocalEngine | None" = None
 _client = None                # the connected EngineClient and the settings it was made for
 _client_settings: "Settings | None" = None
 _welcome: dict = {}
+_links: set = set()           # JobLinks not closed yet: a client they follow stays open when replaced
+_links_lock = threading.Lock()  # not _lock, which connect() holds for as long as a local engine starts
 
 
 def local_engine_failed() -> str:
@@ -188,9 +200,17 @@ atexit.register(stop_local)
 
 def _forget_client():
     global _client, _client_settings
-    if _client is not None:
-        _client.close()
-    _client = _client_settings = None
+    client, _client, _client_settings = _client, None, None
+    if client is not None:
+        _release(client)
+
+
+def _release(client):
+    """Close a client that is no longer the shared one once no job follows through it any more (new
+    engine settings take effect for new jobs; the running ones go on with the engine they started on)."""
+    with _links_lock:
+        if client is not _client and not any(link.client is client for link in _links):
+            client.close()
 
 
 def forget_client():
@@ -247,7 +267,7 @@ def _start_local(settings: Settings):
     """A client of the local engine: the one already answering on the port, or a new process."""
     global _local
     api = client_module()
-    if not (_local is not None and _local.alive and _local.settings == settings):
+    if not (_local is not None and _local.alive and _local.settings.process == settings.process):
         if _local is not None:
             _local.stop()
             _local = None
@@ -301,7 +321,9 @@ def connect(settings: Settings):
     global _client, _client_settings, _welcome
     with _lock:
         engine_gone = _local is not None and not _local.alive  # restart the local engine
-        if _client is not None and _client_settings == settings and not engine_gone:
+        if _client is not None and _client_settings.endpoint == settings.endpoint and not engine_gone:
+            _client.timeout = settings.timeout  # a new timeout needs no new connection
+            _client_settings = settings
             return _client, _welcome
         _forget_client()
         _client, _welcome = _open(settings)
@@ -459,11 +481,18 @@ class JobLink:
         self._acked = 0
         if job_id:
             self.session = client.open_session(job_id, since=since, token=self.token)
+        with _links_lock:
+            _links.add(self)
 
     @classmethod
     def submit(cls, client, frames, styles, weights, options, width, height, name, token):
         link = cls(client, token=token)
-        link.upload = client.start_submit(frames, styles, weights, options, width, height, name=name, token=token)
+        try:
+            link.upload = client.start_submit(frames, styles, weights, options, width, height, name=name,
+                                              token=token)
+        except BaseException:
+            link.close()
+            raise
         return link
 
     def tick(self, max_seconds: float = 0.005, block: bool = False) -> list:
@@ -514,3 +543,6 @@ class JobLink:
         if self.session is not None:
             self.session.close()
             self.session = None
+        with _links_lock:
+            _links.discard(self)
+        _release(self.client)

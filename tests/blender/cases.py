@@ -552,6 +552,10 @@ def roundtrip_local(tmp, port):
     report = _new_strip_report(scene, record)
     job = _job_dir(prefs.jobs_dir, record.job_id)
     inputs = os.path.join(prefs.jobs_dir, record.job_id, "input")
+    pid = addon().engine_link.local_pid()
+    prefs.timeout = 31.0  # a new timeout is no reason to restart the engine
+    retested = call(bpy.ops.vse_style.test_connection)
+    report.update(pid_kept=pid is not None and addon().engine_link.local_pid() == pid, retested=retested)
     report.update(op=result, op_error=error, seconds=seconds, test_connection=test, status=status,
                   before=before, weights=job["spec"]["weights"], options=job["spec"]["options"],
                   size=[job["spec"]["width"], job["spec"]["height"]], name=job["spec"].get("name"),
@@ -734,6 +738,31 @@ def saved_elsewhere(tmp, address):
     copied = bpy.context.scene.vse_style_jobs[0]
     report["copy_out_dir"] = copied.out_dir
     report["copy_same_folder"] = os.path.samefile(bpy.path.abspath(copied.out_dir), folder)
+    return report
+
+
+def settings_changed_mid_job(tmp, address, free_port):
+    """The preferences change while a job runs: a new timeout keeps the connection, another engine address
+    applies to what starts next, and the running job finishes on the engine it started on."""
+    prefs = bpy_case.enable()
+    _remote(prefs, address)
+    link = addon().engine_link
+    settings = lambda: link.Settings.from_prefs(prefs)  # noqa: E731 (as each operator takes them)
+    client, _welcome = link.connect(settings())
+    prefs.timeout = 33.0
+    same, _welcome = link.connect(settings())
+    report = {"same_client": same is client, "timeout": client.timeout}
+    scene, source, frames = _clip_scene(tmp)
+    source.vse_style.iterations = 50
+    call(bpy.ops.vse_style.stylize, wait=False)
+    jobs = addon().jobs
+    record = lambda: bpy.context.scene.vse_style_jobs[0]  # noqa: E731
+    report["running"] = _tick_until(lambda: record().finished >= 1)
+    prefs.address, prefs.timeout = f"tcp://127.0.0.1:{free_port}", 1.0  # nothing listens there
+    report["elsewhere"] = call(bpy.ops.vse_style.estimate)
+    report["done"] = _tick_until(lambda: not jobs.busy())
+    report.update(state=record().state, error=record().error, finished=record().finished,
+                  old_client_closed=client.socket.closed)
     return report
 
 

@@ -232,6 +232,7 @@ def test_round_trip_with_a_local_engine(tmp_path):
     assert result["source"] == result["before"]
     assert result["temp_scenes"] == [] and not result["torch"]
     assert result["engine_pid"] is not None
+    assert result["retested"][0] == ["FINISHED"] and result["pid_kept"], "a new timeout restarted the engine"
     # blender -b has no panel: progress comes as lines on stdout (issue 12.7)
     printed = result["_printed"]
     assert any("shot: Uploading" in line for line in printed) and any("shot: Frame 3/3" in line for line in printed)
@@ -328,6 +329,16 @@ def test_frames_stay_together_when_the_blend_is_saved_elsewhere_mid_job(tmp_path
     assert result["same_folder"] and result["strip_folder_same"] and result["range"] == [6, 9]
     assert result["kept_after_copy"], "a saved copy leaves the open file's paths alone"
     assert result["copy_out_dir"].startswith("//../stylized/shot/") and result["copy_same_folder"]
+
+
+def test_changed_engine_settings_leave_a_running_job_alone(tmp_path, engine):
+    """Any change of the preferences (the timeout too) closed the client a running job read from (a
+    ZMQError in the job) and, for a Local engine, restarted the engine."""
+    result = run_case("settings_changed_mid_job", tmp=str(tmp_path), address=engine.address, free_port=free_port())
+    assert result["same_client"] and result["timeout"] == 33.0
+    assert result["running"] and result["elsewhere"][0] == [] and "not reachable" in result["elsewhere"][1]
+    assert result["done"] and result["state"] == "done" and result["finished"] == 3, result["error"]
+    assert result["old_client_closed"], "the replaced client is closed once its job ended"
 
 
 def test_reattach_to_a_finished_job_after_reloading_the_blend(tmp_path, engine):
