@@ -95,6 +95,7 @@ class Run:
         self.cancelling = False
         self.error = ""
         self.unreachable_noted = False
+        self.refetched = False
         self._steps_printed, self._last_print = set(), 0.0  # background mode's progress lines
 
     # record access ------------------------------------------------------------------------------
@@ -265,10 +266,23 @@ class Run:
         self.update(finished=len(self.have))
 
     def _import(self):
-        self.update(state="done", progress=1.0, progress_text="Importing")
         missing = reimport.missing_frames(self.folder, self.info["frame_count"])
-        if missing:
-            raise JobError(f"The engine finished but {len(missing)} frames never arrived; use Re-import")
+        if missing and not self.refetched:  # lost on the way (not written, deleted meanwhile): ask once more
+            self.refetched = True
+            self.link.close()
+            self.link = engine_link.JobLink(self.client, self.info["job_id"], since=missing[0] - 1,
+                                            token=self.info["token"])
+            self.update(progress_text=f"Fetching {len(missing)} missing frames")
+            self.stage = "engine"
+            return
+        self.update(state="done", progress=1.0, progress_text="Importing")
+        if missing:  # the job is done on the engine: Re-import asks for the frames again
+            count = f"{len(missing)} frames" if len(missing) > 1 else "1 frame"
+            self.error = (f"The engine finished but {count} never arrived (first: "
+                          f"{reimport.frame_name(missing[0])}): Re-import fetches them")
+            self.finish("done", "Frames missing", self.error)
+            notify(self.error, "ERROR")
+            return
         if self.background:
             import_now(self.scene, self.record())
         else:  # through the operator, asking for its undo step (scripts get none by default)

@@ -766,6 +766,38 @@ def settings_changed_mid_job(tmp, address, free_port):
     return report
 
 
+def frames_lost(tmp, address):
+    """Frame 2 never reaches the disk: the run asks the engine for it once more, then ends 'done' with a
+    message, and Re-import fetches it (before, the job failed and Re-import refused a failed job)."""
+    prefs = bpy_case.enable()
+    _remote(prefs, address)
+    scene, source, frames = _clip_scene(tmp)
+    Run = addon().jobs.Run
+    write, dropped = Run._write_frame, []
+
+    def losing_frame_two(self, index, data):
+        if index == 2:
+            dropped.append(index)
+            return
+        write(self, index, data)
+
+    Run._write_frame = losing_frame_two
+    try:
+        stylized = call(bpy.ops.vse_style.stylize, wait=False)
+        jobs = addon().jobs
+        record = lambda: bpy.context.scene.vse_style_jobs[0]  # noqa: E731
+        ended = _tick_until(lambda: not jobs.busy())
+    finally:
+        Run._write_frame = write
+    report = {"stylized": stylized, "ended": ended, "dropped": len(dropped), "state": record().state,
+              "error": record().error, "imported": record().result,
+              "files": sorted(os.listdir(bpy.path.abspath(record().out_dir)))}
+    report["reimported"] = call(bpy.ops.vse_style.job_import, uid=record().uid, wait=False)
+    report["reimport_ended"] = _tick_until(lambda: not jobs.busy())
+    report["after"] = _new_strip_report(bpy.context.scene, record())
+    return report
+
+
 def moved_and_renamed(tmp, address):
     """Issue 12.1: the source is moved by 100 frames and renamed while its job runs."""
     prefs = bpy_case.enable()

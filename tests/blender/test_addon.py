@@ -341,6 +341,19 @@ def test_changed_engine_settings_leave_a_running_job_alone(tmp_path, engine):
     assert result["old_client_closed"], "the replaced client is closed once its job ended"
 
 
+def test_a_frame_lost_on_its_way_is_fetched_again(tmp_path, engine):
+    result = run_case("frames_lost", tmp=str(tmp_path), address=engine.address)
+    assert result["stylized"][0] == ["FINISHED"] and result["ended"]
+    assert result["dropped"] == 2, "asked for once more after the job ended"
+    assert result["state"] == "done" and result["imported"] == ""
+    assert "1 frame never arrived (first: frame_000002.png): Re-import fetches them" in result["error"]
+    assert result["files"] == ["frame_000001.png", "frame_000003.png"]
+    assert result["reimported"][0] == ["FINISHED"] and result["reimport_ended"], result["reimported"][1]
+    after = result["after"]
+    assert after["state"] == "done" and after["error"] == "" and after["result"] == "shot stylized"
+    assert after["files"] == [f"frame_{i:06d}.png" for i in (1, 2, 3)] and after["range"] == [6, 9]
+
+
 def test_reattach_to_a_finished_job_after_reloading_the_blend(tmp_path, engine):
     result = run_case("reattach", tmp=str(tmp_path), address=engine.address)
     assert result["uploaded"] and result["state_after_reload"] == "interrupted"
