@@ -495,6 +495,14 @@ class JobLink:
             raise
         return link
 
+    def upload_again(self, frames):
+        """Complete a job that waits in state ``uploading`` (its upload was interrupted): of ``frames``, all
+        of the job's (paths, bytes or callables), only those the engine lacks are read and sent."""
+        if self.session is not None:
+            self.session.close()
+            self.session = None
+        self.upload = self.client.resume_upload(self.job_id, frames, token=self.token)
+
     def tick(self, max_seconds: float = 0.005, block: bool = False) -> list:
         """Bounded work (``max_seconds``); ``block`` waits for the engine that long (background mode)."""
         events = []

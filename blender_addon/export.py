@@ -211,7 +211,12 @@ class Exporter:
 
     def step(self) -> str:
         """Export the next frame; returns its path."""
-        index = len(self.paths) + 1
+        path = self.export(len(self.paths) + 1)
+        self.paths.append(path)
+        return path
+
+    def export(self, index: int) -> str:
+        """Export frame ``index`` (1-based) of ``frames``, in any order; returns its path."""
         frame = self.frames[index - 1]
         temp = self._temp()
         # A still of the current frame, which may be negative (the scene's range may not): strips that
@@ -223,7 +228,6 @@ class Exporter:
             bpy.ops.render.render(write_still=True, scene=temp.name)
         if self.rendered:
             _scale_file(path, self.size)
-        self.paths.append(path)
         return path
 
     def run(self) -> list:

@@ -8,6 +8,7 @@ and keep no RNA pointers across ticks: undo and file loads free them.
 ``tick()`` does a bounded amount of work for every run. In the UI a timer calls it; in background
 mode (and in tests) the caller does, so nothing here depends on timers or modal operators.
 """
+import functools
 import os
 import shutil
 import tempfile
@@ -196,6 +197,7 @@ class Run:
         for event in link.tick(max(0.001, deadline - time.monotonic()), block=block):
             self._on_event(event)
         if self.exporter is not None and link.upload is None and link.job_id:
+            self.exporter.close()
             shutil.rmtree(self.exporter.folder, ignore_errors=True)  # uploaded: inputs not needed
             self.exporter = None
         if self.cancelling is True and link.job_id:
@@ -239,6 +241,8 @@ class Run:
         elif kind == "frame":
             self._write_frame(event["index"], event["data"])
         elif kind == "state":
+            if event["state"] == "uploading" and self.job_request is None and self.exporter is None:
+                self._upload_again()
             fields = {"state": event["state"]}
             if event["state"] in STATE_TEXT:
                 fields["progress_text"] = STATE_TEXT[event["state"]]
@@ -255,6 +259,26 @@ class Run:
         elif kind == "reconnected":
             self.unreachable_noted = False
             self.update(progress_text="Reconnected to the engine")
+
+    def _upload_again(self):
+        """The engine still waits for frames of this job (Blender closed while uploading): export those of
+        the source strip again and send them; the upload picks up where it stopped."""
+        record, scene = self.record(), self.scene
+        editor = scene.sequence_editor if scene is not None else None
+        source = reimport.find_source(editor, record) if editor is not None else None
+        if source is None:
+            raise JobError(f"The upload of this job was interrupted and its source strip '{record.source}' is "
+                           f"gone: stylize the strip again")
+        moved = round(source.frame_start - record.source_frame_start) if record.source_key else 0
+        frames = [record.frame_start + moved + i for i in range(record.frame_count)]
+        folder = tempfile.mkdtemp(prefix="vse_style_")
+        try:
+            self.exporter = export.Exporter(scene, source, folder, record.width, frames=frames)
+        except BaseException:
+            shutil.rmtree(folder, ignore_errors=True)
+            raise
+        self.link.upload_again([functools.partial(_exported, self.exporter, i) for i in range(1, len(frames) + 1)])
+        self.update(progress_text="Uploading the frames the engine lacks")
 
     def _write_frame(self, index: int, data):
         os.makedirs(self.folder, exist_ok=True)
@@ -342,6 +366,12 @@ class Run:
             except Exception:  # the connection may be gone; the engine keeps the job anyway
                 pass
             self.link = None
+
+
+def _exported(exporter, index: int) -> bytes:
+    """Frame ``index`` exported now (an upload reads it only when the engine lacks it)."""
+    with open(exporter.export(index), "rb") as handle:
+        return handle.read()
 
 
 def _duration(seconds: float) -> str:

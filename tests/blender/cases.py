@@ -116,17 +116,17 @@ def weight_curves(strip):
 def counting_exports():
     """A list that gets one entry per frame the add-on exports while the block runs."""
     exporter_type = addon().export.Exporter
-    exported, original_step = [], exporter_type.step
+    exported, original_export = [], exporter_type.export
 
-    def counting_step(self):
-        exported.append(1)
-        return original_step(self)
+    def counting_export(self, index):
+        exported.append(index)
+        return original_export(self, index)
 
-    exporter_type.step = counting_step
+    exporter_type.export = counting_export
     try:
         yield exported
     finally:
-        exporter_type.step = original_step
+        exporter_type.export = original_export
 
 
 def call(operator, *args, **kwargs):
@@ -863,6 +863,46 @@ def reattach(tmp, address):
     report.update(uploaded=uploaded, state_after_reload=state_after_reload, busy_after_reload=busy_after_reload,
                   engine_state=engine_state, resumed=resumed, finished=finished, same_job=record().job_id == job_id,
                   names_before=names_before, after_undo=after_undo)
+    return report
+
+
+def upload_interrupted(tmp, address):
+    """Blender closes after the engine got frame 1 of 3 (the job waits in state 'uploading'); the file is
+    opened again and the job resumed: the two frames the engine lacks are exported again and sent."""
+    prefs = bpy_case.enable()
+    _remote(prefs, address)
+    scene, source, frames = _clip_scene(tmp)
+    Upload = addon().engine_link.client_module().Upload
+    send_some = Upload._send_some
+
+    def stalling(self, deadline):  # one frame, then the upload stops as if Blender had closed
+        if self.state == "uploading" and (self.acked or self._in_flight):
+            return
+        self.window = 1
+        send_some(self, deadline)
+
+    Upload._send_some = stalling
+    try:
+        call(bpy.ops.vse_style.stylize, wait=False)
+        record = lambda: bpy.context.scene.vse_style_jobs[0]  # noqa: E731
+        stalled = _tick_until(lambda: record().job_id and record().progress_text == "Uploading frame 1/3", 20)
+        bpy.ops.wm.save_mainfile()
+    finally:
+        Upload._send_some = send_some
+    bpy.ops.wm.open_mainfile(filepath=bpy.data.filepath)  # the run ends with the old file
+    jobs = addon().jobs
+    client = addon().engine_link.client_module().EngineClient(address, timeout=10)
+    try:
+        engine_state = client.status(record().job_id, token=record().token)["state"]
+    finally:
+        client.close()
+    report = {"stalled": stalled, "engine_state": engine_state, "shown": jobs.display_state(record())}
+    with counting_exports() as exported:
+        report["resumed"] = call(bpy.ops.vse_style.job_resume, uid=record().uid, wait=False)
+        report["finished"] = _tick_until(lambda: not jobs.busy())
+    report["exported"] = len(exported)
+    report.update(after=_new_strip_report(bpy.context.scene, record()),
+                  temp_scenes=[s.name for s in bpy.data.scenes if s.name.startswith(".vse_style")])
     return report
 
 

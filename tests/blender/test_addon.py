@@ -368,6 +368,19 @@ def test_reattach_to_a_finished_job_after_reloading_the_blend(tmp_path, engine):
     assert result["after_undo"] == result["names_before"]
 
 
+def test_resume_completes_an_interrupted_upload(tmp_path, engine):
+    """A job whose upload stopped with Blender waited on the engine forever: Resume attached and showed
+    'Attached to the engine' with nothing more to come."""
+    result = run_case("upload_interrupted", tmp=str(tmp_path), address=engine.address)
+    assert result["stalled"] and result["engine_state"] == "uploading" and result["shown"] == "interrupted", result
+    assert result["resumed"][0] == ["FINISHED"] and result["finished"], result["resumed"][1]
+    assert result["exported"] == 2, "only the frames the engine lacked are exported again"
+    after = result["after"]
+    assert after["state"] == "done" and after["result"] == "shot stylized", after["error"]
+    assert after["files"] == [f"frame_{i:06d}.png" for i in (1, 2, 3)] and after["range"] == [6, 9]
+    assert result["temp_scenes"] == []
+
+
 def test_preview_shows_one_painted_frame_and_instant_runs_the_fast_mode(tmp_path, engine):
     result = run_case("preview_and_instant", tmp=str(tmp_path), address=engine.address)
     assert result["outside"][0] == [] and "not over 'shot'" in result["outside"][1]
