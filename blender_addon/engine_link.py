@@ -4,6 +4,7 @@ jobs. The rest of the add-on never sees the client API, only Settings, connect()
 No bpy in here except through Settings.from_prefs (connect() runs in a worker thread).
 """
 import atexit
+import contextlib
 import os
 import socket
 import subprocess
@@ -340,8 +341,8 @@ def check(settings: Settings) -> dict:
     return welcome
 
 
-def _in_thread(function, *args) -> Future:
-    """Run ``function`` in a daemon thread; the UI polls the future from its timer."""
+def in_thread(function, *args) -> Future:
+    """Run a blocking engine request in a daemon thread; the UI polls the future from its timer."""
     future = Future()
 
     def work():
@@ -355,15 +356,15 @@ def _in_thread(function, *args) -> Future:
 
 
 def connect_async(settings: Settings) -> Future:
-    return _in_thread(connect, settings)
+    return in_thread(connect, settings)
 
 
 def connect_and_estimate_async(settings: Settings, *job) -> Future:
-    return _in_thread(connect_and_estimate, settings, *job)
+    return in_thread(connect_and_estimate, settings, *job)
 
 
 def check_async(settings: Settings) -> Future:
-    return _in_thread(check, settings)
+    return in_thread(check, settings)
 
 
 def describe(welcome: dict) -> str:
@@ -415,28 +416,37 @@ def estimate(client, width: int, height: int, frame_count: int, options: dict) -
     return found
 
 
-def connect_and_estimate(settings: Settings, width: int, height: int, frame_count: int, options: dict):
-    """connect(), then estimate() the job on a client of its own (this runs on a worker thread and the
-    shared client belongs to the main thread): (client, welcome, estimate); LinkError for either."""
+@contextlib.contextmanager
+def _own_client(settings: Settings):
+    """connect() (which starts a local engine if needed), then a client of the caller's own: requests made
+    on a worker thread must not share the socket the main thread's jobs read. Yields (shared client,
+    welcome, own client)."""
     client, welcome = connect(settings)
     own = _new_client(settings, settings.timeout)
     try:
-        _hello(own)
-        return client, welcome, estimate(own, width, height, frame_count, options)
+        yield client, welcome, own
     finally:
         own.close()
+
+
+def connect_and_estimate(settings: Settings, width: int, height: int, frame_count: int, options: dict):
+    """connect(), then estimate() the job on a client of its own (this may run on a worker thread):
+    (client, welcome, estimate); LinkError for either."""
+    with _own_client(settings) as (client, welcome, own):
+        _hello(own)
+        return client, welcome, estimate(own, width, height, frame_count, options)
 
 
 NOT_STOPPED = "not stopped on the engine"
 
 
 def continue_job(settings: Settings, job_id: str, token: str) -> str:
-    """Ask the engine to run a cancelled or failed job again after its finished frames (blocking). ''
-    when it is queued again, else one line saying why not."""
+    """Ask the engine to run a cancelled or failed job again after its finished frames (blocking, any
+    thread). '' when it is queued again, else one line saying why not."""
     api = client_module()
     try:
-        client, _welcome = connect(settings)
-        client.continue_job(job_id, token=token or None)
+        with _own_client(settings) as (_client, _welcome, own):
+            own.continue_job(job_id, token=token or None)
     except api.EngineError as exc:
         if exc.code == "bad_state":  # the add-on marked it failed (a lost connection), the engine did not
             return f"{NOT_STOPPED}: {exc.message}"
@@ -449,12 +459,12 @@ def continue_job(settings: Settings, job_id: str, token: str) -> str:
 
 
 def delete_job(settings: Settings, job_id: str, token: str) -> str:
-    """Remove a job and its files from the engine (blocking: it may start the local engine). '' when it
-    is gone (or was already), else one line saying why not."""
+    """Remove a job and its files from the engine (blocking, any thread: it may start the local engine).
+    '' when it is gone (or was already), else one line saying why not."""
     api = client_module()
     try:
-        client, _welcome = connect(settings)
-        client.delete_job(job_id, token=token or None)
+        with _own_client(settings) as (_client, _welcome, own):
+            own.delete_job(job_id, token=token or None)
     except api.EngineError as exc:
         return "" if exc.code == "unknown_job" else explain(exc)
     except (LinkError, api.EngineUnavailable) as exc:

@@ -65,7 +65,7 @@ def get_run(uid: str):
 
 
 def busy() -> bool:
-    return bool(_runs)
+    return bool(_runs or _requests)
 
 
 # -- one job ---------------------------------------------------------------------------------------
@@ -493,22 +493,31 @@ def summary(options, size) -> str:
 estimates: dict = {}  # strip name -> the engine's last estimate for it, as the panel shows it
 
 
-def estimate(scene, strip, settings) -> str:
-    """Ask the engine (blocking) what stylizing ``strip`` with its settings would take; one line, also
-    kept for the panel. JobError/LinkError when it cannot be done as set, saying what to change."""
+def estimate(scene, strip, settings, background=True) -> str:
+    """Ask the engine what stylizing ``strip`` with its settings would take: one line, also kept for the
+    panel. JobError/LinkError when it cannot be done as set, saying what to change. Not ``background``
+    (the UI): the engine is asked on a worker thread and the line comes as a message; returns ''."""
     if strip is None:
         raise JobError("No active strip: select the strip to stylize in the Sequencer")
     options = strip.vse_style
     frames = job_frames(scene, strip)
     width, height = export.job_size(scene, strip, options.width)
-    client, _welcome = engine_link.connect(settings)
-    found = engine_link.estimate(client, width, height, len(frames), _options(options))
-    if not found:
-        raise JobError("This engine gives no estimates (an older release)")
-    text = (f"About {_duration(found['seconds'])} for {len(frames)} frames at {width}x{height}, "
-            f"{found['peak_bytes'] / 2**30:.1f} of {found['available_bytes'] / 2**30:.1f} GB on {found['device']}")
-    estimates[strip.name] = text
-    return text
+    job = (width, height, len(frames), _options(options))
+    name = strip.name
+
+    def answered(found) -> str:
+        found = found[2]
+        if not found:
+            raise JobError("This engine gives no estimates (an older release)")
+        estimates[name] = (f"About {_duration(found['seconds'])} for {len(frames)} frames at {width}x{height}, "
+                           f"{found['peak_bytes'] / 2**30:.1f} of {found['available_bytes'] / 2**30:.1f} GB on "
+                           f"{found['device']}")
+        return estimates[name]
+
+    if background:
+        return answered(engine_link.connect_and_estimate(settings, *job))
+    request(lambda found: notify(answered(found)), engine_link.connect_and_estimate, settings, *job)
+    return ""
 
 
 def start(scene, strip, settings, background=False) -> Run:
@@ -580,17 +589,41 @@ def import_finished(scene, record):
         raise JobError(str(exc)) from None
 
 
-def continue_job(scene, record, settings, background=False) -> Run:
-    """Run a cancelled or failed job again on the engine after its finished frames, follow it, import."""
+def continue_job(scene, record, settings, background=False):
+    """Run a cancelled or failed job again on the engine after its finished frames, follow it, import.
+    The Run; None in the UI, where the engine is asked on a worker thread and the run starts in tick()."""
     if record.uid in _runs:
         return _runs[record.uid]
     if not record.job_id:
         raise JobError("This job never reached the engine: stylize the strip again")
-    problem = engine_link.continue_job(settings, record.job_id, record.token)
-    if problem and not problem.startswith(engine_link.NOT_STOPPED):  # still running or done there: attach
-        raise JobError(problem)
-    record.state, record.error, record.progress_text = "queued", "", "Continuing"
-    return resume(scene, record, settings, background)
+    scene_name, uid = scene.name, record.uid
+
+    def answered(problem):
+        scene = bpy.data.scenes.get(scene_name)
+        record = find_record(scene, uid) if scene is not None else None
+        if record is None:
+            raise JobError("The job's record is gone")
+        if problem and not problem.startswith(engine_link.NOT_STOPPED):  # still running or done there: attach
+            raise JobError(problem)
+        record.state, record.error, record.progress_text = "queued", "", "Continuing"
+        return resume(scene, record, settings, background)
+
+    if background:
+        return answered(engine_link.continue_job(settings, record.job_id, record.token))
+    record.progress_text = "Continuing"
+    request(answered, engine_link.continue_job, settings, record.job_id, record.token)
+    return None
+
+
+def remove_on_engine(settings, job_id: str, token: str, background=False) -> str:
+    """Delete a job and its files on the engine: '' or why not. In the UI on a worker thread (a problem
+    comes as a message later); returns ''."""
+    if background:
+        return engine_link.delete_job(settings, job_id, token)
+    request(lambda problem: problem and notify(f"Removed from the list; the engine keeps its files: {problem}",
+                                               "WARNING"),
+            engine_link.delete_job, settings, job_id, token)
+    return ""
 
 
 def import_now(scene, record):
@@ -618,6 +651,29 @@ def wait(run, timeout=None):
 
 # -- the loop ---------------------------------------------------------------------------------------------
 
+_requests: list = []  # (future, then): engine requests on worker threads, answered on the main thread
+
+
+def request(then, function, *args):
+    """Run a blocking engine request (it may start the local engine) on a worker thread; tick() calls
+    ``then(result)`` on the main thread. A failure, or a JobError from ``then``, becomes a message."""
+    _requests.append((engine_link.in_thread(function, *args), then))
+    ensure_timer()
+
+
+def _answer_requests():
+    for entry in [entry for entry in _requests if entry[0].done()]:
+        _requests.remove(entry)
+        future, then = entry
+        try:
+            then(future.result())
+        except (JobError, LinkError, export.ExportError) as exc:
+            notify(str(exc), "ERROR")
+        except Exception as exc:
+            traceback.print_exc()
+            notify(engine_link.explain(exc), "ERROR")
+
+
 def _step(run, deadline, block=False):
     try:
         run.step(deadline, block)
@@ -633,10 +689,11 @@ def _step(run, deadline, block=False):
 def tick(max_seconds: float = 0.02) -> bool:
     """Advance every run for about ``max_seconds``; True while runs remain."""
     deadline = time.monotonic() + max_seconds
+    _answer_requests()
     for run in list(_runs.values()):
         _step(run, deadline)
     redraw_sequencers()
-    return bool(_runs)
+    return bool(_runs or _requests)
 
 
 def _timer():
@@ -652,6 +709,7 @@ def stop_all():
     """Forget every run (file loaded, add-on disabled). The engine keeps the jobs: resume them later."""
     for run in list(_runs.values()):
         run.close()
+    _requests.clear()  # answers about the file that was open
     if bpy.app.timers.is_registered(_timer):
         bpy.app.timers.unregister(_timer)
 

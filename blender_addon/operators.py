@@ -171,17 +171,20 @@ class VSE_STYLE_OT_estimate(bpy.types.Operator):
     bl_label = "Estimate"
     bl_options = {'REGISTER'}
 
+    wait: BoolProperty(default=True, options={'HIDDEN', 'SKIP_SAVE'})
+
     @classmethod
     def poll(cls, context):
         return active_strip(context) is not None
 
     def execute(self, context):
         try:
-            text = jobs.estimate(compat.sequencer_scene(context), active_strip(context), link_settings(context))
+            text = jobs.estimate(compat.sequencer_scene(context), active_strip(context), link_settings(context),
+                                 background=_blocking(self))
         except EXPECTED as exc:
             self.report({'ERROR'}, str(exc))
             return {'CANCELLED'}
-        self.report({'INFO'}, text)
+        self.report({'INFO'}, text or "Asking the engine")
         return {'FINISHED'}
 
 
@@ -365,7 +368,7 @@ class VSE_STYLE_OT_job_continue(JobAction, bpy.types.Operator):
             raise jobs.JobError(f"Only a cancelled or failed job continues (this one is {record.state})")
         run = jobs.continue_job(compat.sequencer_scene(context), record, link_settings(context),
                                 background=_blocking(self))
-        return _finish(self, run)
+        return _finish(self, run) if run is not None else {'FINISHED'}
 
 
 class VSE_STYLE_OT_job_remove(bpy.types.Operator):
@@ -375,6 +378,7 @@ class VSE_STYLE_OT_job_remove(bpy.types.Operator):
     bl_options = {'REGISTER', 'UNDO'}
 
     uid: StringProperty(options={'HIDDEN', 'SKIP_SAVE'})
+    wait: BoolProperty(default=True, options={'HIDDEN', 'SKIP_SAVE'})
     on_engine: BoolProperty(
         name="Delete on the Engine", default=True,
         description="Remove the job's uploaded frames and results from the engine too (a running job stops); "
@@ -397,7 +401,7 @@ class VSE_STYLE_OT_job_remove(bpy.types.Operator):
             run.close()  # stop following it
         problem = ""
         if self.on_engine and record.job_id:
-            problem = engine_link.delete_job(link_settings(context), record.job_id, record.token)
+            problem = jobs.remove_on_engine(link_settings(context), record.job_id, record.token, _blocking(self))
         if self.frames and record.out_dir:
             shutil.rmtree(bpy.path.abspath(record.out_dir), ignore_errors=True)
         jobs.forget_record(scene, record.uid)

@@ -601,7 +601,8 @@ def cancel(tmp, address):
     try:
         engine_state = client.status(job_id, token=token)["state"]
         report = _new_strip_report(bpy.context.scene, record())
-        removed = call(bpy.ops.vse_style.job_remove, uid=record().uid)  # and its files on the engine
+        removed = call(bpy.ops.vse_style.job_remove, uid=record().uid, wait=False)  # and its files on the engine
+        _tick_until(lambda: not jobs.busy(), timeout=30)  # (the UI's way: asked on a worker thread)
         try:
             after_remove = client.status(job_id, token=token)["state"]
         except addon().engine_link.client_module().EngineError as exc:
@@ -633,6 +634,31 @@ def estimate_and_guard(tmp, address):
     return {"estimated": estimated, "text": text, "stylized": stylized, "summary": summary,
             "too_big_estimate": too_big_estimate, "too_big": too_big, "exported": len(exported),
             "rows_before": rows, "rows_after": len(scene.vse_style_jobs)}
+
+
+def engine_requests_off_the_main_thread(tmp, address, free_port):
+    """In the UI, Estimate, Continue and Remove Job ask the engine on a worker thread (a Local engine may
+    take minutes to start): the operator returns at once and the answer comes as a message in tick()."""
+    prefs = bpy_case.enable()
+    _remote(prefs, address)
+    scene, source, frames = _clip_scene(tmp)
+    jobs = addon().jobs
+    messages = []
+    jobs.notify = lambda message, level="INFO": messages.append([level, message])
+    started = time.monotonic()
+    estimated = call(bpy.ops.vse_style.estimate, wait=False)
+    report = {"estimated": estimated, "returned_after": time.monotonic() - started,
+              "text_at_return": jobs.estimates.get("shot", "")}
+    report["answered"] = _tick_until(lambda: messages, timeout=30)
+    report["messages"], report["text"] = list(messages), jobs.estimates.get("shot", "")
+    messages.clear()
+    prefs.address, prefs.timeout = f"tcp://127.0.0.1:{free_port}", 2.0  # nothing listens there
+    started = time.monotonic()
+    report["unreachable"] = call(bpy.ops.vse_style.estimate, wait=False)
+    report["unreachable_returned_after"] = time.monotonic() - started
+    _tick_until(lambda: messages, timeout=30)
+    report["unreachable_messages"] = list(messages)
+    return report
 
 
 def scope(tmp, address):

@@ -276,6 +276,19 @@ def test_estimate_before_starting_and_a_size_the_engine_cannot_take(tmp_path, en
     assert result["exported"] == 0 and result["rows_after"] == result["rows_before"]
 
 
+def test_engine_requests_leave_the_interface_responsive(tmp_path, engine):
+    """Estimate, Continue and Remove Job asked the engine on the main thread: Blender froze for as long as
+    a Local engine took to start (up to 180 s) or an unreachable one took to time out."""
+    result = run_case("engine_requests_off_the_main_thread", tmp=str(tmp_path), address=engine.address,
+                      free_port=free_port())
+    assert result["estimated"][0] == ["FINISHED"] and result["text_at_return"] == ""
+    assert result["returned_after"] < 1.0 and result["answered"]
+    assert result["messages"] == [["INFO", result["text"]]] and "3 frames at 48x36" in result["text"]
+    assert result["unreachable"][0] == ["FINISHED"] and result["unreachable_returned_after"] < 1.0
+    (level, message), = result["unreachable_messages"]
+    assert level == "ERROR" and "Engine not reachable" in message
+
+
 def test_frame_range_replace_previous_and_selected_strips(tmp_path, engine):
     """Issue 12.5: only whole strips, one at a time, each result stacked on a new channel."""
     result = run_case("scope", tmp=str(tmp_path), address=engine.address)
