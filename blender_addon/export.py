@@ -290,8 +290,9 @@ class Exporter:
         return temp
 
 
-def remove_stale_scenes():
-    """Temporary scenes left by an export that was interrupted (saved mid-export, crash)."""
+def remove_stale_scenes(keep=()):
+    """Temporary scenes left by an export that was interrupted (saved mid-export, crash) or brought back
+    by an undo; ``keep``: the names of those that running exports use."""
     for scene in list(bpy.data.scenes):
-        if scene.name.startswith(TEMP_SCENE):
+        if scene.name.startswith(TEMP_SCENE) and scene.name not in keep:
             bpy.data.scenes.remove(scene)

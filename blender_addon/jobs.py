@@ -797,8 +797,15 @@ def _on_load_post(_file):
     export.remove_stale_scenes()
 
 
+@bpy.app.handlers.persistent
+def _on_undo_redo(*_args):
+    """An undo or redo can bring back the temporary scene of an export that has ended since; a running
+    export keeps its own (and builds it again where the undo took it away)."""
+    export.remove_stale_scenes(keep={run.exporter.temp_name for run in _runs.values() if run.exporter is not None})
+
+
 HANDLERS = (("load_pre", _on_load_pre), ("load_post", _on_load_post), ("save_pre", _on_save_pre),
-            ("save_post", _on_save_post))
+            ("save_post", _on_save_post), ("undo_post", _on_undo_redo), ("redo_post", _on_undo_redo))
 
 
 def register():

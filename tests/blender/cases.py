@@ -151,7 +151,8 @@ def register_cycle():
     after = {"panel": hasattr(bpy.types, "VSE_STYLE_PT_stylize"),
              "strip_props": hasattr(strip_type, "vse_style") or hasattr(strip_type, "vse_style_w0"),
              "scene_props": hasattr(bpy.types.Scene, "vse_style_jobs"),
-             "handlers": [h.__name__ for kind in ("load_pre", "load_post", "save_pre", "save_post")
+             "handlers": [h.__name__ for kind in ("load_pre", "load_post", "save_pre", "save_post", "undo_post",
+                                                  "redo_post")
                           for h in getattr(bpy.app.handlers, kind) if h.__module__.startswith(ADDON)]}
     bpy_case.enable()
     again = hasattr(bpy.types, "VSE_STYLE_PT_stylize")
@@ -226,10 +227,18 @@ def export_image(tmp):
     bpy.ops.ed.undo()  # back to before the export started: its temporary scene is gone
     temp_gone = bpy.data.scenes.get(interrupted.temp_name) is None
     undone_paths = interrupted.run()
+    scene = bpy.context.scene  # (the undo freed the old pointers)
+    ended = Exporter(scene, addon().compat.strips_all(scene.sequence_editor)["clip"], os.path.join(tmp, "ended"), 0)
+    ended.step()
+    bpy.ops.ed.undo_push(message="while it runs")
+    ended.run()
+    bpy.ops.ed.undo_push(message="after it ended")
+    bpy.ops.ed.undo()  # back to while it ran: its temporary scene must not come back with it
+    stray = [s.name for s in bpy.data.scenes if s.name.startswith(addon().export.TEMP_SCENE)]
     def max_diff(paths):  # against source elements 1..3 (the trimmed range)
         return [int(np.abs(read_rgb(p).astype(int) - frames[i + 1]).max()) for i, p in enumerate(paths)]
 
-    return {"temp_gone": temp_gone, "undone_diff": max_diff(undone_paths),
+    return {"temp_gone": temp_gone, "undone_diff": max_diff(undone_paths), "stray_after_undo": stray,
             "rendered": full.rendered, "size": list(full.size), "small_size": list(small.size),
             "names": [os.path.basename(p) for p in full_paths], "max_diff": max_diff(full_paths),
             "small_shape": list(read_rgb(small_paths[0]).shape),

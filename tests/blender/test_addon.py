@@ -83,6 +83,7 @@ def test_export_image_strip_reads_source_files_exactly(tmp_path):
     assert result["small_shape"] == [18, 24, 3]
     assert result["view_transform_kept"] and result["scenes"] == 1
     assert result["temp_gone"] and result["undone_diff"] == [0, 0, 0]  # an undo mid-export does not break it
+    assert result["stray_after_undo"] == [], "an undo to while it ran brought its temporary scene back"
 
 
 def test_export_movie_strip_respects_offset_and_trims(tmp_path):
