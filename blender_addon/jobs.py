@@ -293,9 +293,9 @@ class Run:
         missing = reimport.missing_frames(self.folder, self.info["frame_count"])
         if missing and not self.refetched:  # lost on the way (not written, deleted meanwhile): ask once more
             self.refetched = True
-            self.link.close()
-            self.link = engine_link.JobLink(self.client, self.info["job_id"], since=missing[0] - 1,
-                                            token=self.info["token"])
+            old, self.link = self.link, engine_link.JobLink(self.client, self.info["job_id"], since=missing[0] - 1,
+                                                            token=self.info["token"])
+            old.close()  # after: the client stays open for the new link
             self.update(progress_text=f"Fetching {len(missing)} missing frames")
             self.stage = "engine"
             return

@@ -709,16 +709,22 @@ def scope(tmp, address):
     return report
 
 
-def cancel_import_continue(tmp, address):
-    """Issue 12.2: after a cancel, import the finished frames, then continue the job to its end."""
+def _slow_job_past_its_first_frame(tmp, address):
+    """_clip_scene's job with frames 2 and 3 taking seconds each, started the UI's way (the timer ticks)
+    and followed until frame 1 is on disk: (prefs, scene, the job's record getter, whether it got there)."""
     prefs = bpy_case.enable()
     _remote(prefs, address)
     scene, source, frames = _clip_scene(tmp)
-    source.vse_style.iterations = 50  # frames 2 and 3 take seconds each: the cancel lands between them
+    source.vse_style.iterations = 50
     call(bpy.ops.vse_style.stylize, wait=False)
+    record = lambda: bpy.context.scene.vse_style_jobs[0]  # noqa: E731 (RNA pointers go stale)
+    return prefs, scene, record, _tick_until(lambda: record().finished >= 1)
+
+
+def cancel_import_continue(tmp, address):
+    """Issue 12.2: after a cancel, import the finished frames, then continue the job to its end."""
+    prefs, scene, record, first_frame = _slow_job_past_its_first_frame(tmp, address)  # the cancel lands after it
     jobs = addon().jobs
-    record = lambda: bpy.context.scene.vse_style_jobs[0]  # noqa: E731
-    first_frame = _tick_until(lambda: record().finished >= 1)
     cancelled = call(bpy.ops.vse_style.cancel, uid=record().uid)
     _tick_until(lambda: not jobs.busy(), timeout=60)
     state, finished = record().state, record().finished
@@ -744,14 +750,8 @@ def cancel_import_continue(tmp, address):
 def saved_elsewhere(tmp, address):
     """Save As into another folder while the job runs, then Save Copy into a third: the frames stay in one
     folder, and every file's record reaches them (its '//' path was re-resolved beside the new file)."""
-    prefs = bpy_case.enable()
-    _remote(prefs, address)
-    scene, source, frames = _clip_scene(tmp)
-    source.vse_style.iterations = 50  # frames 2 and 3 take seconds each: the save lands between them
-    call(bpy.ops.vse_style.stylize, wait=False)
+    prefs, scene, record, first_frame = _slow_job_past_its_first_frame(tmp, address)  # the save lands after it
     jobs = addon().jobs
-    record = lambda: bpy.context.scene.vse_style_jobs[0]  # noqa: E731
-    first_frame = _tick_until(lambda: record().finished >= 1)
     folder = bpy.path.abspath(record().out_dir)
     finished_at_save = record().finished
     os.makedirs(os.path.join(tmp, "moved"))
@@ -779,20 +779,13 @@ def saved_elsewhere(tmp, address):
 def settings_changed_mid_job(tmp, address, free_port):
     """The preferences change while a job runs: a new timeout keeps the connection, another engine address
     applies to what starts next, and the running job finishes on the engine it started on."""
-    prefs = bpy_case.enable()
-    _remote(prefs, address)
-    link = addon().engine_link
+    prefs, scene, record, running = _slow_job_past_its_first_frame(tmp, address)
+    link, jobs = addon().engine_link, addon().jobs
     settings = lambda: link.Settings.from_prefs(prefs)  # noqa: E731 (as each operator takes them)
     client, _welcome = link.connect(settings())
     prefs.timeout = 33.0
     same, _welcome = link.connect(settings())
-    report = {"same_client": same is client, "timeout": client.timeout}
-    scene, source, frames = _clip_scene(tmp)
-    source.vse_style.iterations = 50
-    call(bpy.ops.vse_style.stylize, wait=False)
-    jobs = addon().jobs
-    record = lambda: bpy.context.scene.vse_style_jobs[0]  # noqa: E731
-    report["running"] = _tick_until(lambda: record().finished >= 1)
+    report = {"same_client": same is client, "timeout": client.timeout, "running": running}
     prefs.address, prefs.timeout = f"tcp://127.0.0.1:{free_port}", 1.0  # nothing listens there
     report["elsewhere"] = call(bpy.ops.vse_style.estimate)
     report["done"] = _tick_until(lambda: not jobs.busy())
