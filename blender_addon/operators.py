@@ -8,7 +8,7 @@ from . import compat, engine_link, jobs, keyframes, prefs, preview
 from .engine_link import LinkError
 from .export import ExportError
 from .props import MAX_STYLES, weight_prop
-from .reimport import missing_frames
+from .reimport import RESULT_KEY, missing_frames
 
 # Failures explained to the editor (everything else is a bug and keeps its traceback).
 EXPECTED = (jobs.JobError, LinkError, ExportError)
@@ -190,7 +190,7 @@ class VSE_STYLE_OT_estimate(bpy.types.Operator):
 
 class VSE_STYLE_OT_stylize_selected(bpy.types.Operator):
     """Stylize every selected strip that has style paintings, each with its own settings (the engine runs
-    them one after the other)"""
+    them one after the other; a selected strip's result, selected along with it, is left out)"""
     bl_idname = "vse_style.stylize_selected"
     bl_label = "Stylize Selected"
     bl_options = {'REGISTER', 'UNDO'}
@@ -209,8 +209,10 @@ class VSE_STYLE_OT_stylize_selected(bpy.types.Operator):
         if not chosen:
             self.report({'ERROR'}, "Select the strips to stylize (each with at least one style painting)")
             return {'CANCELLED'}
-        runs, problems = [], []
-        for strip in sorted(chosen, key=lambda s: (s.frame_final_start, s.channel)):
+        results = _results_of(scene, chosen)  # box-selecting a strip takes its result above it along
+        runs, problems = [], [f"{name}: skipped, the result of a selected strip" for name in sorted(results)]
+        sources = [s for s in chosen if s.name not in results]
+        for strip in sorted(sources, key=lambda s: (s.frame_final_start, s.channel)):
             try:
                 runs.append(jobs.start(scene, strip, link_settings(context), background=_blocking(self)))
             except EXPECTED as exc:
@@ -220,6 +222,13 @@ class VSE_STYLE_OT_stylize_selected(bpy.types.Operator):
         if problems:
             self.report({'ERROR'} if not runs else {'WARNING'}, "; ".join(problems))
         return {'FINISHED'} if runs else {'CANCELLED'}
+
+
+def _results_of(scene, strips) -> set:
+    """Names of the strips that are an imported result of a job of another of ``strips``."""
+    keys = {s.vse_style.key for s in strips if s.vse_style.key}
+    sources = {RESULT_KEY + r.uid: r.source_key for r in scene.vse_style_jobs}
+    return {s.name for s in strips if sources.get(s.vse_style.key) in keys}
 
 
 class VSE_STYLE_OT_preview(bpy.types.Operator):

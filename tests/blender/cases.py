@@ -695,14 +695,15 @@ def scope(tmp, address):
     report["replaced"] = call(bpy.ops.vse_style.stylize)
     replacing = scene.vse_style_jobs[-1]
     report["replacing_job"] = result_of(replacing)
+    shot_result = replacing.result
     report["old_result_left"] = ranged.result
     report["stylized_strips"] = sorted(s.name for s in everything() if "stylized" in s.name)
     # a second strip with a painting of its own; both selected
     second = image_strip(os.path.join(tmp, "src"), 3, name="second", channel=5, frame_start=30)
     add_slots(second, [write_style(os.path.join(tmp, "s3.png"), 3)])
     second.vse_style.width, second.vse_style.iterations = 32, 2
-    for strip in everything():
-        strip.select = strip.name in ("shot", "second")
+    for strip in everything():  # and shot's result above it, as a box selection takes it along
+        strip.select = strip.name in ("shot", "second", shot_result)
     before = len(scene.vse_style_jobs)
     report["both"] = call(bpy.ops.vse_style.stylize_selected)
     report["both_jobs"] = sorted((r.name, r.state, r.frame_count) for r in list(scene.vse_style_jobs)[before:])
