@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import shutil
 import sys
 import time
 from pathlib import Path
@@ -80,7 +81,8 @@ class ProgressBar:
 
 
 def run_stylize(args) -> int:
-    from .pipeline import Stylizer, images_to_resume  # torch loads here: the other commands start without it
+    # torch loads here: the other commands start without it
+    from .pipeline import MULTIPASS_STATE, Stylizer, images_to_resume
 
     options = options_from_args(args)
     if args.ray and options.mode != "temporal":
@@ -102,6 +104,8 @@ def run_stylize(args) -> int:
     else:
         stylizer = Stylizer(args.style, options)
         stylizer.scratch_dir = out_dir  # multipass keeps its clip state beside the frames, on the same disk
+        if not args.resume:  # a state an interrupted multipass run left is only taken up by --resume
+            shutil.rmtree(out_dir / MULTIPASS_STATE, ignore_errors=True)
     done = {}  # finished frames; only the few whose images the run reads are loaded (None: not read)
     if args.resume:
         finished = range(1, finished_frames(out_dir, len(source)) + 1)

@@ -11,6 +11,8 @@
 """
 from __future__ import annotations
 
+import hashlib
+import json
 import time
 from dataclasses import asdict, dataclass, field, replace
 from typing import Callable, Iterator, Sequence
@@ -36,6 +38,7 @@ from .style.vgg import CONTENT_LAYERS, load_vgg19
 
 WARM_STOP_WINDOW = 10  # iterations: the early-stop window of warm-started frames
 WARM_REMAINING = 1e-3  # warm-started frames stop when less than this share of the loss is still to gain
+MULTIPASS_STATE = ".multipass-state"  # multipass's resumable state, a folder under Stylizer.scratch_dir
 
 @dataclass
 class Progress:
@@ -482,9 +485,26 @@ class _Run:
         """Ruder et al.'s multi-pass: passes alternate direction; from pass 2 each frame starts from
         (x + c * warp(x_n)) / (1 + c) with x_n its neighbour in the pass direction; the temporal loss
         joins from the middle pass on with its own weight. The clip's state (frames, results, flows and
-        masks) is kept on disk (:class:`~.io.scratch.Scratch`), so memory does not grow with the clip."""
-        with Scratch(self.s.scratch_dir) as scratch:
+        masks) is kept on disk (:class:`~.io.scratch.Scratch`), so memory does not grow with the clip.
+        Given a ``scratch_dir``, the state outlives a run that did not end (killed, stopped, cancelled):
+        the next run of the same work there continues from the last frame it finished, in its pass."""
+        resumable = self.s.scratch_dir is not None
+        scratch = Scratch(self.s.scratch_dir, resumable=MULTIPASS_STATE if resumable else None)
+        ended = False
+        try:
             yield from self._multipass(scratch)
+            ended = True
+        finally:
+            if ended or not resumable:
+                scratch.close()
+
+    def _multipass_fingerprint(self) -> str:
+        """What a multipass state belongs to: the options, paintings, weights, clip size and first frame."""
+        digest = hashlib.sha256(json.dumps(asdict(self.opts), sort_keys=True, default=str).encode())
+        digest.update(repr((self.count, tuple(self.source.size))).encode())
+        for array in (self.style_weights, self.source[0], *self.s.style_images):
+            digest.update(np.ascontiguousarray(array).tobytes())
+        return digest.hexdigest()
 
     def _multipass(self, scratch: Scratch) -> Iterator[FrameResult]:
         opts, device, count = self.opts, self.s.device, self.count
@@ -492,6 +512,9 @@ class _Run:
         temporal_from = passes // 2 + 1
         seconds = [0.0] * count
         total_work = passes * count * iterations
+        fingerprint = self._multipass_fingerprint()
+        start = scratch.resume_point(fingerprint) or (1, 0)  # (pass, frames done in it)
+        self.work_done = ((start[0] - 1) * count + start[1]) * iterations
 
         def frame(index: int) -> np.ndarray:  # read from the source once, in the first (forward) pass
             if f"frame-{index}" in scratch:
@@ -525,10 +548,12 @@ class _Run:
         def result(index: int) -> torch.Tensor:
             return torch.from_numpy(scratch.get(f"result-{index}")).to(device)
 
-        for pass_index in range(1, passes + 1):
+        for pass_index in range(start[0], passes + 1):
             forward = pass_index % 2 == 1
             order = range(count) if forward else range(count - 1, -1, -1)
-            for index in order:
+            for step, index in enumerate(order):
+                if (pass_index, step) < start:  # finished by the run that left this state
+                    continue
                 if self._stopped():
                     raise Cancelled("cancelled")
                 started = time.perf_counter()
@@ -557,6 +582,7 @@ class _Run:
                     cut = passes > 1 and index > 0 and cut_between(index - 1, pass_index)
                     yield FrameResult(index + 1, self.to_output(outcome.image, rgb), seconds[index],
                                       outcome.losses, outcome.iterations * passes, cut=cut)
+                scratch.mark(fingerprint, (pass_index, step + 1))  # in the last pass: once the frame was taken
         self._emit(Progress("done", count, count, frames_done=count, pass_index=passes, pass_count=passes))
 
 

@@ -4,9 +4,13 @@ Multi-pass revisits every frame of the clip in each of its passes; its state (ea
 result, the flows and masks between neighbours) is as large as the clip, so it lives in a temporary folder
 that is removed when the run ends, and memory holds only the frame being optimized. The scale-out uses
 the same folder, given nowhere else to stage its workers' frames.
+
+A resumable scratch has a fixed name and outlives a run that did not end (killed, stopped, cancelled):
+with the position its run marked, a later run of the same job continues where it stopped.
 """
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import tempfile
@@ -16,6 +20,7 @@ import numpy as np
 
 
 PREFIX = ".vse-style-scratch-"
+STATE = "state.json"  # a resumable scratch's fingerprint and position
 
 
 class Scratch:
@@ -23,14 +28,21 @@ class Scratch:
     (None: the system's temporary folder; put it on a disk, not a RAM-backed /tmp, for long clips).
 
     The folder's name carries the process id: folders that a killed run left behind (their process is
-    gone) are removed when the next one starts in the same place."""
+    gone) are removed when the next one starts in the same place. ``resumable``: a fixed folder name under
+    ``parent`` instead, kept unless ``close()`` is called (see :meth:`resume_point`)."""
 
-    def __init__(self, parent: str | os.PathLike | None = None):
+    def __init__(self, parent: str | os.PathLike | None = None, resumable: str | None = None):
         parent = Path(parent if parent is not None else tempfile.gettempdir())
         parent.mkdir(parents=True, exist_ok=True)
         remove_left_behind(parent)
-        self._folder = tempfile.TemporaryDirectory(prefix=f"{PREFIX}{os.getpid()}-", dir=parent)
-        self.path = Path(self._folder.name)
+        self.resumable = resumable is not None
+        if self.resumable:
+            self._folder = None
+            self.path = parent / resumable
+            self.path.mkdir(exist_ok=True)
+        else:
+            self._folder = tempfile.TemporaryDirectory(prefix=f"{PREFIX}{os.getpid()}-", dir=parent)
+            self.path = Path(self._folder.name)
 
     def _file(self, key: str) -> Path:
         return self.path / f"{key}.npy"
@@ -44,8 +56,30 @@ class Scratch:
     def __contains__(self, key: str) -> bool:
         return self._file(key).is_file()
 
+    def resume_point(self, fingerprint: str) -> tuple:
+        """Where an earlier run of the same work (``fingerprint``) stopped, as it marked it; () when there
+        is none, after clearing whatever another run left."""
+        try:
+            state = json.loads((self.path / STATE).read_text())
+            if state["fingerprint"] == fingerprint:
+                return tuple(state["position"])
+        except (OSError, ValueError, KeyError, TypeError):
+            pass
+        shutil.rmtree(self.path, ignore_errors=True)
+        self.path.mkdir()
+        return ()
+
+    def mark(self, fingerprint: str, position: tuple) -> None:
+        """Record how far the run has come (written whole: a kill leaves the last mark or this one)."""
+        part = self.path / (STATE + ".part")
+        part.write_text(json.dumps({"fingerprint": fingerprint, "position": list(position)}))
+        os.replace(part, self.path / STATE)
+
     def close(self) -> None:
-        self._folder.cleanup()
+        if self._folder is not None:
+            self._folder.cleanup()
+        else:
+            shutil.rmtree(self.path, ignore_errors=True)
 
     def __enter__(self) -> "Scratch":
         return self

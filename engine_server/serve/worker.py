@@ -158,7 +158,8 @@ class Worker(threading.Thread):
                                     cancel=stop_requested)
                 stylizer.scratch_dir = job.dir  # multipass's clip state, on the job store's disk
             self._send({"event": "describe", "job": job.id, "report": stylizer.describe()})
-            done = {} if options.mode == "multipass" else self._resume(job, options)  # multipass re-runs every pass
+            # multipass yields frames only in its last pass: it resumes from its own state in the job's folder
+            done = {} if options.mode == "multipass" else self._resume(job, options)
             inputs = [str(job.input_path(i)) for i in range(1, job.frame_count + 1)]
             for result in stylizer.run(inputs, job.spec["weights"], done):
                 png = encode_png(result.image)
