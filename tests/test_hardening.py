@@ -367,3 +367,26 @@ def test_a_cancelled_job_continues_after_the_frames_it_finished(engine):
         assert session.state == "done" and set(rest) | set(kept) == {1, 2, 3}
         assert (engine.jobs_dir / job / "output" / "frame_000001.png").stat().st_mtime_ns == stamp
         assert bytes(client.fetch(job, 1, 1)[1].data) == kept[1], "a finished frame is kept byte for byte"
+
+
+def test_a_cancelled_multipass_job_continues_from_the_pass_it_reached(engine):
+    """Multipass finishes no frame before its last pass: a cancelled (or restarted) job's Continue ran
+    every pass again. Its state stays in the job's folder and the run goes on from where it stopped."""
+    def passes_optimized(events):
+        return [e["pass"] for _, e in events if e["type"] == "progress" and e.get("stage") == "optimize"]
+
+    with engine.client() as client:
+        job = submit_clip(client, clip(3, seed=12), options={**TINY, "mode": "multipass", "passes": 3,
+                                                             "iterations": 30})
+        session, events = client.open_session(job), []
+        collect(session, events=events, stop=lambda _frames: max(passes_optimized(events), default=0) >= 2)
+        client.cancel(job)
+        while session.state != "cancelled":
+            collect(session, timeout=0.2)
+        assert client.status(job)["finished"] == 0 and max(passes_optimized(events)) == 2
+        client.continue_job(job)
+        session, events = client.open_session(job), []
+        frames = collect(session, events=events)
+        assert session.state == "done" and sorted(frames) == [1, 2, 3]
+        assert min(passes_optimized(events)) == 2, "the continued job started over from pass 1"
+        assert not (engine.jobs_dir / job / ".multipass-state").exists(), "a finished job leaves no state"
