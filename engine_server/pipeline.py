@@ -323,8 +323,7 @@ class _Run:
 
     def first_image(self, content: torch.Tensor, rgb: np.ndarray, index: int) -> torch.Tensor:
         if self.opts.init == "noise":
-            # The reference's noise init: small noise around mid-grey, in pixel units.
-            return 127.5 + 0.001 * 255.0 * torch.randn_like(content)
+            return self.s.vgg.noise_like(content)
         if self.opts.init == "fast":
             return self.painting(rgb, index)
         return content

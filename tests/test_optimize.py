@@ -52,3 +52,16 @@ def test_early_stop_when_loss_stalls(setup):
     still = Objective(feats, {}, 0.0, LossWeights(tv=0.0))
     out = optimize_frame(content, still, net, OptimizerSettings(500, tolerance_interval=5))
     assert out.iterations == 6  # the first check possible: 5 + 1 evaluations
+
+
+def test_the_noise_start_is_the_references_a_trace_of_noise_around_the_networks_mean_pixel(setup):
+    # The reference draws randn * 0.001 in the network's input space (mean pixel subtracted).
+    net, content, _ = setup
+    torch.manual_seed(1)
+    start = net.noise_like(torch.zeros(1, 3, 96, 96))
+    seen = net.normalize(start)
+    assert seen.shape == (1, 3, 96, 96)
+    assert seen.mean(dim=(0, 2, 3)).abs().max() < 1e-4
+    assert abs(float(seen.std()) - 0.001) < 1e-4
+    # in pixel units: the mean pixel, not mid-grey
+    assert torch.allclose(start.mean(dim=(0, 2, 3)), net.offset.flatten(), atol=0.05)

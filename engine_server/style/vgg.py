@@ -163,6 +163,11 @@ class VGG19Features(nn.Module):
             x = x.flip(1)  # the Caffe network was trained on BGR
         return x
 
+    def noise_like(self, rgb255: torch.Tensor, std: float = 0.001) -> torch.Tensor:
+        """The reference's noise start: Gaussian noise of ``std`` in the network's input space, which is
+        its mean pixel plus a trace of noise (in pixel units: 0.001 for the Caffe network)."""
+        return self.offset + std * torch.randn_like(rgb255) / self.scale
+
     def forward(self, rgb255: torch.Tensor, wanted: tuple[str, ...]) -> dict[str, torch.Tensor]:
         wanted_set = set(wanted)
         out: dict[str, torch.Tensor] = {}
