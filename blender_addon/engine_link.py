@@ -553,9 +553,16 @@ class JobLink:
         return self.session is not None and self.session.done
 
     def cancel(self):
-        """Ask the engine to stop (blocking up to the timeout). Before the engine knew the job: nothing."""
-        if self.job_id:
-            self.client.cancel(self.job_id, token=self.token)
+        """Ask the engine to stop (blocking up to the timeout). Before the engine knew the job: nothing.
+        An upload under way stops first (the engine refuses frames of a cancelled job, which would read
+        as a failure); the job's state then comes from a session, as after any cancel."""
+        if not self.job_id:
+            return
+        self.client.cancel(self.job_id, token=self.token)
+        if self.upload is not None:
+            self.upload = None
+            if self.session is None:
+                self.session = self.client.open_session(self.job_id, token=self.token)
 
     def close(self):
         if self.session is not None:

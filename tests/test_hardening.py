@@ -369,6 +369,31 @@ def test_a_cancelled_job_continues_after_the_frames_it_finished(engine):
         assert bytes(client.fetch(job, 1, 1)[1].data) == kept[1], "a finished frame is kept byte for byte"
 
 
+def test_a_job_cancelled_mid_upload_continues_by_waiting_for_the_rest(engine):
+    """Cancelled before its frames had all arrived, a job has nothing to run; continue_job puts it back
+    to waiting for them (it was refused), and resume_upload sends only the missing ones."""
+    frames = [png(f) for f in clip(2, seed=13)]
+    sock = raw_dealer(engine.address)
+    try:
+        job = exchange(sock, pack({"type": "submit", "id": 1, "job": JOB}, [png(clip(1)[0])])).header["job"]
+        upload = {"type": "upload", "job": job, "encoding": "png", "width": 36, "height": 24}
+        assert exchange(sock, pack({**upload, "id": 2, "index": 1}, [frames[0]])).type == "uploaded"
+    finally:
+        sock.close()
+    with engine.client(token=TOKEN) as client:
+        assert client.cancel(job)["state"] == "cancelled"
+        status = client.continue_job(job)
+        assert (status["state"], status["received"]) == ("uploading", 1)
+        resumed = client.resume_upload(job, frames)
+        while not resumed.tick(0.05, block=True):
+            pass
+        assert resumed.state == "done" and resumed.acked == {1, 2}, resumed.error
+        session = client.open_session(job)
+        assert sorted(collect(session)) == [1, 2] and session.state == "done"
+        uploaded = sorted((engine.jobs_dir / job / "input").iterdir())
+        assert [p.read_bytes() for p in uploaded] == frames, "the frame sent before the cancel is kept as it was"
+
+
 def test_a_cancelled_multipass_job_continues_from_the_pass_it_reached(engine):
     """Multipass finishes no frame before its last pass: a cancelled (or restarted) job's Continue ran
     every pass again. Its state stays in the job's folder and the run goes on from where it stopped."""

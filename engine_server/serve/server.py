@@ -399,10 +399,11 @@ class Server:
         if job.state not in ("cancelled", "failed"):
             raise ProtocolError("bad_state", f"job {job.id} is {job.state}: only a cancelled or failed job continues",
                                 "job")
-        if len(job.received) < job.frame_count:
-            raise ProtocolError("bad_state", f"job {job.id} has {len(job.received)} of its {job.frame_count} frames: "
-                                             f"upload the rest first", "job")
-        if len(job.finished) == job.frame_count:
+        if len(job.received) < job.frame_count:  # cancelled mid-upload: it waits for the rest again
+            self._set_state(job, "uploading", unfinished_runs=0)
+            log.info("job %s: continued by its owner, waiting for %d of its %d frames", job.id,
+                     job.frame_count - len(job.received), job.frame_count)
+        elif len(job.finished) == job.frame_count:
             self._set_state(job, "done", unfinished_runs=0)
         else:
             self._set_state(job, "queued", unfinished_runs=0)

@@ -895,16 +895,13 @@ def reattach(tmp, address):
     return report
 
 
-def upload_interrupted(tmp, address):
-    """Blender closes after the engine got frame 1 of 3 (the job waits in state 'uploading'); the file is
-    opened again and the job resumed: the two frames the engine lacks are exported again and sent."""
-    prefs = bpy_case.enable()
-    _remote(prefs, address)
-    scene, source, frames = _clip_scene(tmp)
+@contextlib.contextmanager
+def _upload_stalled_after_frame_one():
+    """Uploads send one frame and then nothing while the block runs (as if Blender had closed)."""
     Upload = addon().engine_link.client_module().Upload
     send_some = Upload._send_some
 
-    def stalling(self, deadline):  # one frame, then the upload stops as if Blender had closed
+    def stalling(self, deadline):
         if self.state == "uploading" and (self.acked or self._in_flight):
             return
         self.window = 1
@@ -912,12 +909,26 @@ def upload_interrupted(tmp, address):
 
     Upload._send_some = stalling
     try:
-        call(bpy.ops.vse_style.stylize, wait=False)
-        record = lambda: bpy.context.scene.vse_style_jobs[0]  # noqa: E731
-        stalled = _tick_until(lambda: record().job_id and record().progress_text == "Uploading frame 1/3", 20)
-        bpy.ops.wm.save_mainfile()
+        yield
     finally:
         Upload._send_some = send_some
+
+
+def _stylize_until_frame_one_is_uploaded():
+    call(bpy.ops.vse_style.stylize, wait=False)
+    record = lambda: bpy.context.scene.vse_style_jobs[0]  # noqa: E731
+    return record, _tick_until(lambda: record().job_id and record().progress_text == "Uploading frame 1/3", 20)
+
+
+def upload_interrupted(tmp, address):
+    """Blender closes after the engine got frame 1 of 3 (the job waits in state 'uploading'); the file is
+    opened again and the job resumed: the two frames the engine lacks are exported again and sent."""
+    prefs = bpy_case.enable()
+    _remote(prefs, address)
+    scene, source, frames = _clip_scene(tmp)
+    with _upload_stalled_after_frame_one():
+        record, stalled = _stylize_until_frame_one_is_uploaded()
+        bpy.ops.wm.save_mainfile()
     bpy.ops.wm.open_mainfile(filepath=bpy.data.filepath)  # the run ends with the old file
     jobs = addon().jobs
     client = addon().engine_link.client_module().EngineClient(address, timeout=10)
@@ -931,6 +942,28 @@ def upload_interrupted(tmp, address):
         report["finished"] = _tick_until(lambda: not jobs.busy())
     report["exported"] = len(exported)
     report.update(after=_new_strip_report(bpy.context.scene, record()),
+                  temp_scenes=[s.name for s in bpy.data.scenes if s.name.startswith(".vse_style")])
+    return report
+
+
+def cancelled_mid_upload(tmp, address):
+    """Cancel after the engine got frame 1 of 3: the job ends 'cancelled' (the rest of the upload, refused
+    by the engine, read as a failure); Continue sends the two frames it lacks and the job runs to its end."""
+    prefs = bpy_case.enable()
+    _remote(prefs, address)
+    scene, source, frames = _clip_scene(tmp)
+    jobs = addon().jobs
+    with _upload_stalled_after_frame_one():
+        record, stalled = _stylize_until_frame_one_is_uploaded()
+        cancelled = call(bpy.ops.vse_style.cancel, uid=record().uid)
+        jobs.tick(0.05)  # the cancel goes out while frame 2 waits to be sent
+    ended = _tick_until(lambda: not jobs.busy(), timeout=60)
+    report = {"stalled": stalled, "cancelled": cancelled, "ended": ended, "state": record().state,
+              "error": record().error, "shown": jobs.display_state(record())}
+    with counting_exports() as exported:
+        report["continued"] = call(bpy.ops.vse_style.job_continue, uid=record().uid, wait=False)
+        report["finished"] = _tick_until(lambda: not jobs.busy())
+    report.update(exported=len(exported), after=_new_strip_report(bpy.context.scene, record()),
                   temp_scenes=[s.name for s in bpy.data.scenes if s.name.startswith(".vse_style")])
     return report
 

@@ -395,6 +395,18 @@ def test_resume_completes_an_interrupted_upload(tmp_path, engine):
     assert result["temp_scenes"] == []
 
 
+def test_a_job_cancelled_mid_upload_ends_cancelled_and_continues(tmp_path, engine):
+    result = run_case("cancelled_mid_upload", tmp=str(tmp_path), address=engine.address)
+    assert result["stalled"] and result["cancelled"][0] == ["FINISHED"] and result["ended"], result
+    assert result["state"] == "cancelled" and not result["error"], result
+    assert result["continued"][0] == ["FINISHED"] and result["finished"], result["continued"][1]
+    assert result["exported"] == 2, "only the frames the engine lacked are exported again"
+    after = result["after"]
+    assert after["state"] == "done" and after["result"] == "shot stylized", after["error"]
+    assert after["files"] == [f"frame_{i:06d}.png" for i in (1, 2, 3)] and after["range"] == [6, 9]
+    assert result["temp_scenes"] == []
+
+
 def test_preview_shows_one_painted_frame_and_instant_runs_the_fast_mode(tmp_path, engine):
     result = run_case("preview_and_instant", tmp=str(tmp_path), address=engine.address)
     assert result["outside"][0] == [] and "not over 'shot'" in result["outside"][1]
